@@ -1,0 +1,1 @@
+"""Deterministic muxers: one segment in, the same bytes out on every node."""

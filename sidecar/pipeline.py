@@ -1,0 +1,237 @@
+"""One stream's live pipeline: ingest -> clock -> segmenter -> mux -> store/timeline.
+
+The reader thread does the blocking demux; this coroutine places packets on the grid,
+cuts and muxes segments (muxing in a worker thread) and publishes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from sidecar.clock import Clock, InputTimeline, matches, propose_epoch
+from sidecar.grid import TICKS_PER_SECOND, rescale
+from sidecar.ingest import END, Reader, Source
+from sidecar.model import (
+    Cut,
+    Epoch,
+    GridPacket,
+    InputClosed,
+    InputOpened,
+    RawPacket,
+    SegmentRecord,
+    TrackInfo,
+)
+from sidecar.mux.ts import MuxError, mux_ts
+from sidecar.segmenter import Segmenter
+from sidecar.storage import SegmentDir
+from sidecar.store import TimelineStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    stream: str
+    node: str
+    duration: int
+    tolerance: int = 2 * TICKS_PER_SECOND
+    join_margin: int = TICKS_PER_SECOND
+    keep_segments: int = 16
+
+
+@dataclass
+class _Run:
+    """What is open on the current (or last) connection."""
+
+    tracks: tuple[TrackInfo, ...]
+    timeline: InputTimeline
+    opened: InputOpened
+    first_t: int | None = None
+    segmenter: Segmenter | None = None
+    epoch: Epoch | None = None
+
+
+@dataclass
+class StreamStatus:
+    connected: bool = False
+    epoch: int | None = None
+    last_publish: int | None = None
+    last_number: int | None = None
+    published: int = 0
+    divergent: int = 0
+    mux_errors: int = 0
+    last_error: str | None = None
+    events: list[str] = field(default_factory=list)
+
+
+class StreamPipeline:
+    def __init__(self, cfg: PipelineConfig, source: Source, store: TimelineStore,
+                 segments: SegmentDir, clock: Clock) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.store = store
+        self.segments = segments
+        self.clock = clock
+        self.status = StreamStatus()
+        self.published = asyncio.Condition()
+        self._run: _Run | None = None
+        self._suspended: _Run | None = None
+        self._max_cut: int | None = None
+        self._reader: Reader | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._reader = Reader(self.cfg.stream, self.source, loop, queue)
+        self._reader.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is END:
+                    return
+                await self.handle(item)
+        finally:
+            self._reader.stop_event.set()
+            await asyncio.to_thread(self._reader.stop)
+
+    async def handle(self, item: object) -> None:
+        """Process one reader event (also the entry point for in-process simulations)."""
+        if isinstance(item, RawPacket):
+            await self._on_packet(item)
+        elif isinstance(item, InputOpened):
+            self._on_opened(item)
+        elif isinstance(item, InputClosed):
+            self._on_closed(item)
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_opened(self, opened: InputOpened) -> None:
+        if self._run is not None and self._run.segmenter is not None:
+            self._suspended = self._run
+        self._run = _Run(opened.tracks, InputTimeline(opened.wrap_bits), opened)
+        self.status.connected = True
+
+    def _on_closed(self, closed: InputClosed) -> None:
+        # The open segment may be incomplete on this node only (a network hiccup) or be
+        # the true end of the epoch (encoder gone): decided when the next epoch is known.
+        self.status.connected = False
+        if closed.error:
+            self.status.last_error = closed.reason
+        if self._run is not None and self._run.segmenter is not None:
+            self._suspended = self._run
+        self._run = None
+
+    async def _on_packet(self, raw: RawPacket) -> None:
+        run = self._run
+        if run is None:
+            return
+        placed = run.timeline.place(raw)
+        if run.epoch is None or placed.jump:
+            if placed.jump and run.segmenter is not None:
+                log.info("stream %s: timestamp jump, closing epoch %s", self.cfg.stream,
+                         run.epoch.index if run.epoch else "?")
+                await self._publish_cuts(run, run.segmenter.finish())
+                run.segmenter = None
+            await self._enter_epoch(run, placed.dts, raw.arrival)
+        assert run.epoch is not None and run.segmenter is not None
+        track = run.tracks[raw.track]
+        anchor = run.epoch.anchor
+        gp = GridPacket(raw.track, track.kind, anchor + placed.pts, anchor + placed.dts,
+                        rescale(raw.duration, raw.time_base), raw.keyframe, raw.data)
+        cuts = run.segmenter.push(gp)
+        if cuts:
+            await self._publish_cuts(run, cuts)
+
+    # -- epochs ----------------------------------------------------------------------
+
+    def _codecs(self, run: _Run) -> tuple[str, str]:
+        codecs = ",".join(t.codec_string for t in run.tracks)
+        video = next((t for t in run.tracks if t.kind == "video"), None)
+        return codecs, f"{video.width}x{video.height}" if video else ""
+
+    async def _enter_epoch(self, run: _Run, t: int, arrival: int) -> None:
+        codecs, resolution = self._codecs(run)
+        latest = await asyncio.to_thread(self.store.latest_epoch, self.cfg.stream)
+        epoch: Epoch | None = None
+        for _ in range(3):
+            if latest is not None and latest.codecs == codecs and matches(
+                latest, t, arrival, self.cfg.tolerance
+            ):
+                epoch = latest
+                break
+            await self._flush_suspended()  # a new epoch begins: the old one has ended
+            stored_last = await asyncio.to_thread(self.store.last_number, self.cfg.stream)
+            last = max((n for n in (stored_last, self._max_cut) if n is not None), default=None)
+            proposal = propose_epoch(self.cfg.stream, latest, t, arrival,
+                                     duration=self.cfg.duration, last_number=last,
+                                     node=self.cfg.node, codecs=codecs, resolution=resolution)
+            stored = await asyncio.to_thread(self.store.create_epoch, proposal)
+            if stored == proposal:
+                epoch = stored
+                log.info("stream %s: new epoch %d (anchor %d, first slot %d)", self.cfg.stream,
+                         stored.index, stored.anchor, stored.grid(t) // self.cfg.duration)
+                break
+            latest = stored  # another node won the race: adopt it if it fits
+        if epoch is None:
+            raise RuntimeError(f"stream {self.cfg.stream}: no epoch agreement after 3 tries")
+        sus = self._suspended
+        if sus is not None and sus.epoch is not None and sus.epoch.index < epoch.index:
+            await self._flush_suspended()
+        # Reconnected into the same epoch: what was open then missed packets; drop it.
+        self._suspended = None
+        saw_start = t <= epoch.t0
+        publish_from = epoch.grid(epoch.t0) if saw_start else epoch.grid(t) + self.cfg.join_margin
+        driver = "video" if any(tr.kind == "video" for tr in run.tracks) else "audio"
+        run.epoch = epoch
+        run.first_t = t
+        run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver)
+        self.status.epoch = epoch.index
+
+    async def _flush_suspended(self) -> None:
+        """Publish what was open when the input dropped: it was the end of its epoch."""
+        sus, self._suspended = self._suspended, None
+        if sus is not None and sus.segmenter is not None and sus.epoch is not None:
+            await self._publish_cuts(sus, sus.segmenter.finish())
+            sus.segmenter = None
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def _publish_cuts(self, run: _Run, cuts: list[Cut]) -> None:
+        assert run.epoch is not None
+        for cut in cuts:
+            await self.publish(run.tracks, run.epoch, cut)
+
+    async def publish(self, tracks: tuple[TrackInfo, ...], epoch: Epoch, cut: Cut) -> None:
+        stream = self.cfg.stream
+        self._max_cut = cut.number if self._max_cut is None else max(self._max_cut, cut.number)
+        try:
+            data = await asyncio.to_thread(mux_ts, tracks, cut.packets)
+        except MuxError as exc:
+            self.status.mux_errors += 1
+            log.error("stream %s: segment %d not published: %s", stream, cut.number, exc)
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.segments.get(cut.number)
+        if existing is None or existing.sha256 != sha:
+            await asyncio.to_thread(self.segments.write, cut.number, data)
+        record = SegmentRecord(stream, cut.number, epoch.index, cut.start, cut.duration, sha,
+                               len(data), self.clock.now(), self.cfg.node)
+        stored = await asyncio.to_thread(self.store.put_segment, record)
+        if stored.sha256 == sha:
+            await asyncio.to_thread(self.store.add_holder, stream, cut.number, self.cfg.node)
+        else:
+            self.status.divergent += 1
+            log.warning("stream %s: segment %d differs from the timeline's (node %s): "
+                        "ours %s.., theirs %s..", stream, cut.number, stored.node, sha[:12],
+                        stored.sha256[:12])
+        self.status.last_publish = self.clock.now()
+        self.status.last_number = cut.number
+        self.status.published += 1
+        await asyncio.to_thread(self.segments.prune, cut.number - self.cfg.keep_segments)
+        async with self.published:
+            self.published.notify_all()

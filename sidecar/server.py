@@ -1,0 +1,275 @@
+"""HTTP edge: FastAPI routes for playlists, segments and health. Domain errors map to
+HTTP status codes here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from sidecar import __version__
+from sidecar.clock import Clock
+from sidecar.errors import BadRequest, NotFound, SidecarError, StoreError
+from sidecar.grid import TICKS_PER_SECOND
+from sidecar.hls import (
+    MEDIA_PLAYLIST,
+    RENDITION,
+    Variant,
+    render_media,
+    render_multivariant,
+)
+from sidecar.model import SegmentRecord
+from sidecar.pipeline import StreamPipeline
+from sidecar.settings import NAME_RE, Settings, StreamSpec
+from sidecar.storage import LocalSegment
+from sidecar.store import TimelineStore
+from sidecar.timeline import MediaPlaylist, build_media_playlist, visible
+
+log = logging.getLogger(__name__)
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+SEGMENT_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment", "mp4": "video/mp4"}
+_SEGMENT_RE = re.compile(r"^(\d{1,19})\.(ts)$")
+_DEFAULT_BANDWIDTH = 2_000_000
+
+
+@dataclass
+class StreamRuntime:
+    spec: StreamSpec
+    pipeline: StreamPipeline
+    _cache: tuple[float, list[SegmentRecord], dict[int, int]] | None = field(default=None)
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+class Node:
+    """Everything one sidecar process serves: its streams, store and clock."""
+
+    def __init__(self, settings: Settings, store: TimelineStore, clock: Clock,
+                 streams: dict[str, StreamRuntime]) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.streams = streams
+        self.started = time.monotonic()
+
+    def stream(self, app: str, name: str) -> StreamRuntime:
+        if not (NAME_RE.match(app) and NAME_RE.match(name)):
+            raise BadRequest("malformed stream name")
+        rt = self.streams.get(f"{app}/{name}")
+        if rt is None:
+            raise NotFound(f"unknown stream {app}/{name}")
+        return rt
+
+    async def records(self, rt: StreamRuntime) -> tuple[list[SegmentRecord], dict[int, int]]:
+        """The newest records and epoch starts, cached for 100 ms per stream."""
+        now = time.monotonic()
+        if rt._cache is not None and now - rt._cache[0] < 0.1:
+            return rt._cache[1], rt._cache[2]
+        limit = self.settings.window + 16
+        records = await asyncio.to_thread(self.store.recent, rt.key, limit)
+        firsts = await asyncio.to_thread(self.store.epoch_first_numbers, rt.key)
+        rt._cache = (now, records, firsts)
+        return records, firsts
+
+    async def media_playlist(self, rt: StreamRuntime) -> MediaPlaylist | None:
+        records, firsts = await self.records(rt)
+        shown = visible(records, self.clock.now(), self.settings.publish_delay_ticks)
+        return build_media_playlist(shown, firsts, window=self.settings.window,
+                                    duration=self.settings.duration_ticks)
+
+    async def variant(self, rt: StreamRuntime) -> Variant:
+        pl = await self.media_playlist(rt)
+        records, _ = await self.records(rt)
+        by_number = {r.number: r for r in records}
+        bandwidth = _DEFAULT_BANDWIDTH
+        if pl is not None:
+            rates = [by_number[e.number].size * 8 * TICKS_PER_SECOND // max(e.duration, 1)
+                     for e in pl.entries if not e.gap and e.number in by_number]
+            if rates:
+                bandwidth = max(rates)
+        epoch = await asyncio.to_thread(self.store.latest_epoch, rt.key)
+        codecs = epoch.codecs if epoch else ""
+        resolution = epoch.resolution if epoch else ""
+        return Variant(f"{RENDITION}/{MEDIA_PLAYLIST}", bandwidth, codecs, resolution)
+
+    async def local_segment(self, rt: StreamRuntime, number: int) -> LocalSegment:
+        """The local file for ``number``; waits briefly for one the timeline lists."""
+        seg = rt.pipeline.segments.get(number)
+        if seg is not None:
+            return seg
+        records, _ = await self.records(rt)
+        newest = records[-1].number if records else None
+        listed = any(r.number == number for r in records)
+        if not listed and (newest is None or number != newest + 1):
+            raise NotFound(f"segment {number} of {rt.key} is not in the timeline")
+        deadline = time.monotonic() + self.settings.segment_wait
+        cond = rt.pipeline.published
+        while (seg := rt.pipeline.segments.get(number)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotFound(f"segment {number} of {rt.key} is not available on this node")
+            async with cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait(), min(remaining, 0.5))
+        return seg
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        now = self.clock.now()
+        fresh = max(3 * self.settings.duration_ticks, 10 * TICKS_PER_SECOND)
+        streams: dict[str, object] = {}
+        ok = bool(self.streams)
+        for key, rt in self.streams.items():
+            st = rt.pipeline.status
+            if st.last_publish is None:
+                reason = "no segment published yet"
+            elif now - st.last_publish > fresh:
+                reason = f"no segment published for {(now - st.last_publish) // 90_000} s"
+            else:
+                reason = ""
+            streams[key] = {"ready": not reason, "reason": reason or None,
+                            "connected": st.connected, "epoch": st.epoch,
+                            "last_segment": st.last_number, "input_error": st.last_error}
+            ok = ok and not reason
+        return ok, {"ready": ok, "node": self.settings.node_id, "streams": streams}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = []
+        if run_pipelines:
+            for rt in node.streams.values():
+                tasks.append(asyncio.create_task(rt.pipeline.run(), name=f"pipeline-{rt.key}"))
+            tasks.append(asyncio.create_task(_heartbeat(node), name="heartbeat"))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
+                       allow_headers=["*"], expose_headers=["ETag", "Content-Range", "X-Node"])
+
+    @app.middleware("http")
+    async def node_header(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers["X-Node"] = node.settings.node_id
+        return response
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "malformed request")
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        log.error("store error: %s", exc)
+        return _error(503, "timeline store unavailable")
+
+    @app.exception_handler(SidecarError)
+    async def _other(request: Request, exc: SidecarError) -> JSONResponse:
+        return _error(500, str(exc))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "node": node.settings.node_id, "version": __version__}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok, body = node.readiness()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/streams")
+    async def streams() -> dict[str, object]:
+        return {key: {"input": rt.spec.input, "status": vars(rt.pipeline.status)}
+                for key, rt in node.streams.items()}
+
+    @app.api_route("/{app_name}/{name}/playlist.m3u8", methods=["GET", "HEAD"])
+    async def multivariant(app_name: str, name: str, request: Request) -> Response:
+        rt = node.stream(app_name, name)
+        body = render_multivariant([await node.variant(rt)])
+        return _playlist_response(body, request)
+
+    @app.api_route("/{app_name}/{name}/{rendition}/media.m3u8", methods=["GET", "HEAD"])
+    async def media(app_name: str, name: str, rendition: str, request: Request) -> Response:
+        rt = node.stream(app_name, name)
+        if rendition != RENDITION:
+            raise NotFound(f"unknown rendition {rendition!r}")
+        pl = await node.media_playlist(rt)
+        if pl is None:
+            raise NotFound(f"stream {rt.key} has no segments yet")
+        return _playlist_response(render_media(pl), request)
+
+    @app.api_route("/{app_name}/{name}/{rendition}/{segment}", methods=["GET", "HEAD"])
+    async def segment(app_name: str, name: str, rendition: str, segment: str,
+                      request: Request) -> Response:
+        rt = node.stream(app_name, name)
+        if rendition != RENDITION:
+            raise NotFound(f"unknown rendition {rendition!r}")
+        m = _SEGMENT_RE.match(segment)
+        if not m:
+            raise BadRequest("malformed segment name")
+        seg = await node.local_segment(rt, int(m.group(1)))
+        headers = {
+            "ETag": seg.etag,
+            "Cache-Control": "public, max-age=31536000, immutable",
+            # Deterministic on every node (the file's mtime is not): the slot's start.
+            "Last-Modified": formatdate(seg.number * node.settings.duration_ticks
+                                        // TICKS_PER_SECOND, usegmt=True),
+        }
+        if request.headers.get("if-none-match") == seg.etag:
+            return Response(status_code=304, headers=headers)
+        return FileResponse(seg.path, media_type=SEGMENT_TYPES[m.group(2)], headers=headers)
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD"])
+    async def fallback(path: str) -> Response:
+        raise NotFound("no such resource")
+
+    return app
+
+
+def _playlist_response(body: str, request: Request) -> Response:
+    etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=1"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=PLAYLIST_TYPE, headers=headers)
+
+
+async def _heartbeat(node: Node) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(node.store.heartbeat, node.settings.node_id,
+                                    node.settings.base_url, node.clock.now())
+        except StoreError as exc:
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(2)

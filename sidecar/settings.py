@@ -1,0 +1,159 @@
+"""One settings model for flags, a TOML file and ``SIDECAR_*`` environment variables.
+
+Precedence: command-line flags, then environment, then the TOML file, then defaults.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sidecar.errors import ConfigError
+from sidecar.grid import seconds_to_ticks
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StreamSpec(BaseModel):
+    """``APP/NAME=INPUT``: where the stream is published and where it comes from."""
+
+    app: str
+    name: str
+    input: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> StreamSpec:
+        path, sep, url = text.partition("=")
+        if not sep or not url.strip():
+            raise ConfigError(f"stream {text!r}: expected APP/NAME=INPUT")
+        parts = path.strip().strip("/").split("/")
+        if len(parts) != 2 or not all(NAME_RE.match(p) for p in parts):
+            raise ConfigError(
+                f"stream {text!r}: APP/NAME must be two names of letters, digits, '_', '-', '.'"
+            )
+        return cls(app=parts[0], name=parts[1], input=url.strip())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid")
+    toml_path: ClassVar[Path | None] = None
+
+    node_id: str = Field(default_factory=socket.gethostname)
+    listen: str = "127.0.0.1:8080"
+    data_dir: Path = Path("./sidecar-data")
+    segment_duration: Decimal = Decimal(6)
+    window: int = Field(default=10, ge=3, le=1000)
+    store: str | None = None
+    streams: list[StreamSpec] = Field(default_factory=list)
+    publish_delay: Decimal = Decimal("1.0")
+    segment_wait: float = Field(default=3.0, ge=0, le=60)
+    retain_extra: int = Field(default=6, ge=0)
+    open_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=5.0, gt=0)
+    clock_offset_ms: int = 0
+    advertise_url: str | None = None
+    log_level: str = "info"
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _parse_streams(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # TOML table: "live/demo" = "rtmp://..."
+            value = [f"{k}={v}" for k, v in value.items()]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        out = []
+        for item in value or []:
+            out.append(StreamSpec.parse(item) if isinstance(item, str) else item)
+        return out
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--listen {value!r}: expected HOST:PORT")
+        return value
+
+    @field_validator("segment_duration")
+    @classmethod
+    def _check_duration(cls, value: Decimal) -> Decimal:
+        if not Decimal("0.5") <= value <= Decimal(60):
+            raise ValueError("segment duration must be between 0.5 and 60 seconds")
+        seconds_to_ticks(value)
+        return value
+
+    @field_validator("streams")
+    @classmethod
+    def _unique(cls, value: list[StreamSpec]) -> list[StreamSpec]:
+        keys = [s.key for s in value]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"stream configured twice: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def duration_ticks(self) -> int:
+        return seconds_to_ticks(self.segment_duration)
+
+    @property
+    def publish_delay_ticks(self) -> int:
+        return seconds_to_ticks(self.publish_delay)
+
+    @property
+    def base_url(self) -> str:
+        return self.advertise_url or f"http://{self.listen}"
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from flags (``overrides``), environment and an optional TOML file."""
+    from pydantic import ValidationError
+
+    if config is not None and not config.is_file():
+        raise ConfigError(f"config file {config} not found")
+
+    class _Loaded(Settings):
+        toml_path: ClassVar[Path | None] = config
+
+    try:
+        return _Loaded(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
+    except ConfigError:
+        raise

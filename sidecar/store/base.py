@@ -1,0 +1,76 @@
+"""The timeline store interface shared by the SQLite (single host) and Redis backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sidecar.errors import ConfigError
+from sidecar.model import Epoch, SegmentRecord
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node: str
+    url: str
+    heartbeat: int
+
+
+class TimelineStore(Protocol):
+    """Blocking calls; the pipeline runs them off the event loop.
+
+    Writes are compare-and-set: ``create_epoch`` and ``put_segment`` return what is stored
+    after the call, which is the caller's record only if it was the first writer.
+    """
+
+    def latest_epoch(self, stream: str) -> Epoch | None: ...
+
+    def create_epoch(self, epoch: Epoch) -> Epoch: ...
+
+    def epochs(self, stream: str) -> list[Epoch]: ...
+
+    def put_segment(self, record: SegmentRecord) -> SegmentRecord: ...
+
+    def segments(self, stream: str, since: int) -> list[SegmentRecord]:
+        """Records with ``number >= since``, in number order."""
+        ...
+
+    def recent(self, stream: str, limit: int) -> list[SegmentRecord]:
+        """The ``limit`` highest-numbered records, in number order."""
+        ...
+
+    def last_number(self, stream: str) -> int | None: ...
+
+    def epoch_first_numbers(self, stream: str) -> dict[int, int]:
+        """For every epoch that has segments, its lowest segment number."""
+        ...
+
+    def add_holder(self, stream: str, number: int, node: str) -> None: ...
+
+    def holders(self, stream: str, number: int) -> list[str]: ...
+
+    def heartbeat(self, node: str, url: str, now: int) -> None: ...
+
+    def nodes(self) -> list[NodeInfo]: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(spec: str | None, data_dir: Path) -> TimelineStore:
+    """``None`` -> SQLite in the data directory; a path or ``sqlite:///path``; ``redis://...``."""
+    from sidecar.store.sqlite import SqliteStore
+
+    if not spec:
+        return SqliteStore(data_dir / "timeline.sqlite3")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from sidecar.store.redis import RedisStore  # type: ignore[import-not-found]
+        except ImportError as exc:  # pragma: no cover - until the Redis backend lands
+            raise ConfigError(f"Redis store is not available: {exc}") from exc
+        return RedisStore(spec)  # type: ignore[no-any-return]
+    if spec.startswith("sqlite:///"):
+        return SqliteStore(Path(spec.removeprefix("sqlite://")))
+    if "://" in spec:
+        raise ConfigError(f"unknown store {spec!r}: use a file path, sqlite:///path or redis://")
+    return SqliteStore(Path(spec))

@@ -1,0 +1,132 @@
+"""SQLite timeline store: the embedded default, shared by nodes on one host via one file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from sidecar.errors import StoreError
+from sidecar.model import Epoch, SegmentRecord
+from sidecar.store.base import NodeInfo
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (
+    stream TEXT NOT NULL, idx INTEGER NOT NULL, anchor INTEGER NOT NULL, t0 INTEGER NOT NULL,
+    lead INTEGER NOT NULL, created_at INTEGER NOT NULL, node TEXT NOT NULL,
+    codecs TEXT NOT NULL, resolution TEXT NOT NULL,
+    PRIMARY KEY (stream, idx));
+CREATE TABLE IF NOT EXISTS segments (
+    stream TEXT NOT NULL, number INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    start INTEGER NOT NULL, duration INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, available_at INTEGER NOT NULL, node TEXT NOT NULL,
+    PRIMARY KEY (stream, number));
+CREATE TABLE IF NOT EXISTS holders (
+    stream TEXT NOT NULL, number INTEGER NOT NULL, node TEXT NOT NULL,
+    PRIMARY KEY (stream, number, node));
+CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, url TEXT NOT NULL,
+    heartbeat INTEGER NOT NULL);
+"""
+
+
+def _epoch(row: tuple) -> Epoch:  # type: ignore[type-arg]
+    return Epoch(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+def _segment(row: tuple) -> SegmentRecord:  # type: ignore[type-arg]
+    return SegmentRecord(*row)
+
+
+class SqliteStore:
+    """Compare-and-set through primary keys: ``INSERT OR IGNORE`` then read back the winner."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=10, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                             (str(SCHEMA_VERSION),))
+            (version,) = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open timeline store {path}: {exc}") from exc
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema {version}, this sidecar needs {SCHEMA_VERSION}")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"timeline store {self.path}: {exc}") from exc
+
+    def latest_epoch(self, stream: str) -> Epoch | None:
+        rows = self._query("SELECT * FROM epochs WHERE stream=? ORDER BY idx DESC LIMIT 1",
+                           (stream,))
+        return _epoch(rows[0]) if rows else None
+
+    def create_epoch(self, epoch: Epoch) -> Epoch:
+        e = epoch
+        self._query("INSERT OR IGNORE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
+                    (e.stream, e.index, e.anchor, e.t0, e.lead, e.created_at, e.node,
+                     e.codecs, e.resolution))
+        rows = self._query("SELECT * FROM epochs WHERE stream=? AND idx=?", (e.stream, e.index))
+        return _epoch(rows[0])
+
+    def epochs(self, stream: str) -> list[Epoch]:
+        return [_epoch(r) for r in
+                self._query("SELECT * FROM epochs WHERE stream=? ORDER BY idx", (stream,))]
+
+    def put_segment(self, record: SegmentRecord) -> SegmentRecord:
+        r = record
+        self._query("INSERT OR IGNORE INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+                    (r.stream, r.number, r.epoch, r.start, r.duration, r.sha256, r.size,
+                     r.available_at, r.node))
+        rows = self._query("SELECT * FROM segments WHERE stream=? AND number=?",
+                           (r.stream, r.number))
+        return _segment(rows[0])
+
+    def segments(self, stream: str, since: int) -> list[SegmentRecord]:
+        return [_segment(r) for r in self._query(
+            "SELECT * FROM segments WHERE stream=? AND number>=? ORDER BY number",
+            (stream, since))]
+
+    def recent(self, stream: str, limit: int) -> list[SegmentRecord]:
+        rows = self._query(
+            "SELECT * FROM segments WHERE stream=? ORDER BY number DESC LIMIT ?", (stream, limit))
+        return [_segment(r) for r in reversed(rows)]
+
+    def last_number(self, stream: str) -> int | None:
+        rows = self._query("SELECT MAX(number) FROM segments WHERE stream=?", (stream,))
+        return rows[0][0] if rows else None
+
+    def epoch_first_numbers(self, stream: str) -> dict[int, int]:
+        rows = self._query(
+            "SELECT epoch, MIN(number) FROM segments WHERE stream=? GROUP BY epoch", (stream,))
+        return {epoch: number for epoch, number in rows}
+
+    def add_holder(self, stream: str, number: int, node: str) -> None:
+        self._query("INSERT OR IGNORE INTO holders VALUES (?,?,?)", (stream, number, node))
+
+    def holders(self, stream: str, number: int) -> list[str]:
+        rows = self._query("SELECT node FROM holders WHERE stream=? AND number=? ORDER BY node",
+                           (stream, number))
+        return [r[0] for r in rows]
+
+    def heartbeat(self, node: str, url: str, now: int) -> None:
+        self._query("INSERT OR REPLACE INTO nodes VALUES (?,?,?)", (node, url, now))
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(*r) for r in self._query("SELECT * FROM nodes ORDER BY node")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
