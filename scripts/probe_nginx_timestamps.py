@@ -7,7 +7,8 @@ Questions answered (printed as a report at the end):
    ``rw_timeout``), and does it succeed if a publisher appears while it waits?
 2. A subscriber joining ~3.7 s after the publisher: does it get the publisher's absolute
    timestamps (≈3700 ms) or timestamps restarting from 0?  Is its first video packet a keyframe?
-3. The publisher stops (SIGTERM, clean unpublish) for 5 s and publishes again (timestamps from 0):
+3. The publisher stops (SIGTERM, clean unpublish) for ``--gap`` s (default 5) and publishes again
+   (timestamps from 0):
    does a connected subscriber keep its connection, and with which timestamps?  Same for a
    publisher killed with SIGKILL (TCP reset, no unpublish).
 
@@ -128,14 +129,14 @@ def fmt_packet(r: Record) -> str:
     )
 
 
-def run(app_conf: str, json_out: Path | None) -> int:
+def run(app_conf: str, json_out: Path | None, gap: float = 5.0, rw_timeout_s: float = 5.0) -> int:
     with tempfile.TemporaryDirectory(prefix="probe-nginx-") as tmp:
         workdir = Path(tmp)
         probe = Probe(workdir, app_conf)
         probe.nginx.start()
         url = probe.nginx.rtmp_url("probe")
         enc = FfmpegEncoder(url, keyint_seconds=2.0, fps=25, logdir=workdir, name="publisher")
-        opts = {"rw_timeout": "5000000"}
+        opts = {"rw_timeout": str(int(rw_timeout_s * 1_000_000))}
         try:
             # --- 1. av.open on a name without publisher -----------------------------------
             probe.t0 = time.time()
@@ -162,7 +163,7 @@ def run(app_conf: str, json_out: Path | None) -> int:
             probe.drain(12.0 - 3.7)
             enc.stop()
             probe.mark("publisher stopped with SIGTERM (clean unpublish)")
-            probe.drain(5.0)
+            probe.drain(gap)
             enc.start()
             probe.mark("publisher restarted (timestamps from 0)")
             probe.drain(5.0)
@@ -171,7 +172,7 @@ def run(app_conf: str, json_out: Path | None) -> int:
             probe.drain(5.0)
             enc.kill()
             probe.mark("publisher killed with SIGKILL")
-            probe.drain(5.0)
+            probe.drain(gap)
             enc.start()
             probe.mark("publisher restarted after SIGKILL")
             probe.drain(8.0)
@@ -244,8 +245,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--app-conf", default="", help="extra nginx-rtmp application directives")
     ap.add_argument("--json", type=Path, default=None, help="write all records as JSON here")
+    ap.add_argument("--gap", type=float, default=5.0, help="publisher pause in seconds")
+    ap.add_argument("--rw-timeout", type=float, default=5.0, help="subscribers' rw_timeout (s)")
     args = ap.parse_args()
-    return run(args.app_conf, args.json)
+    return run(args.app_conf, args.json, args.gap, args.rw_timeout)
 
 
 if __name__ == "__main__":

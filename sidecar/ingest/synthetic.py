@@ -106,7 +106,9 @@ def _video_encoder(cfg: SyntheticConfig) -> tuple[Any, Any]:
 
 
 def _audio_encoder() -> tuple[Any, Any]:
-    out = av.open(io.BytesIO(), "w", format="mpegts")
+    # An MP4 holder makes the encoder export its AudioSpecificConfig as extradata, which
+    # the TS muxer needs to write ADTS headers.
+    out = av.open(io.BytesIO(), "w", format="mp4")
     s = out.add_stream("aac", rate=SAMPLE_RATE)
     s.layout = "stereo"
     s.bit_rate = 96_000
@@ -158,13 +160,16 @@ def make_templates(cfg: SyntheticConfig) -> tuple[TrackInfo, ...]:
     frame.pts = 0
     first = b"".join(bytes(p) for p in [*vs.encode(frame), *vs.encode(None)])
     vt = holder.add_stream_from_template(vs)
-    _, as_ = _audio_encoder()
+    aout, as_ = _audio_encoder()
     silence = av.AudioFrame.from_ndarray(np.zeros((2, _AAC_FRAME), np.float32), format="fltp",
                                          layout="stereo")
     silence.sample_rate = SAMPLE_RATE
     silence.pts = 0
     list(as_.encode(silence))
     extradata = bytes(as_.codec_context.extradata or b"")
+    # Writing the throwaway header copies the opened encoder's parameters (with its
+    # extradata) into the stream, where templates take them from.
+    aout.start_encoding()
     at = holder.add_stream_from_template(as_)
     return (
         TrackInfo(0, "video", "h264", codec_string("h264", None, first), width=cfg.width,
