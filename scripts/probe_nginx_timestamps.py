@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import FfmpegEncoder, NginxRtmp  # noqa: E402
+from tests.e2e.harness import FfmpegEncoder, NginxRtmp
 
 Record = dict[str, Any]
 

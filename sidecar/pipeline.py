@@ -189,7 +189,8 @@ class StreamPipeline:
         driver = "video" if any(tr.kind == "video" for tr in run.tracks) else "audio"
         run.epoch = epoch
         run.first_t = t
-        run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver)
+        run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver,
+                                  others=len(run.tracks) > 1)
         self.status.epoch = epoch.index
 
     async def _flush_suspended(self) -> None:

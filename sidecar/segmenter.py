@@ -50,6 +50,7 @@ class Segmenter:
         *,
         publish_from: int,
         driver: str = "video",
+        others: bool = False,
         max_interleave: int = 2 * TICKS_PER_SECOND,
     ) -> None:
         if duration <= 0:
@@ -64,7 +65,7 @@ class Segmenter:
         self._pending: list[GridPacket] = []
         self._driver_mark: int | None = None
         self._other_mark: int | None = None
-        self._has_others = False
+        self._has_others = others  # True: wait for the other tracks before emitting
         self._emitted_end: int | None = None
 
     # -- input -----------------------------------------------------------------------

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import ConfigError, StoreError
+from sidecar.model import Epoch, SegmentRecord
+from sidecar.store import open_store
+from sidecar.store.sqlite import SqliteStore
+
+
+def ep(index: int, node: str, anchor: int = 0) -> Epoch:
+    return Epoch("live/x", index, anchor, 0, 0, 0, node, "avc1.64001F", "640x360")
+
+
+def seg(n: int, node: str, sha: str = "h") -> SegmentRecord:
+    return SegmentRecord("live/x", n, 0, n * 10, 10, sha, 5, n, node)
+
+
+def test_epoch_compare_and_set_first_writer_wins(tmp_path: Path) -> None:
+    a, b = SqliteStore(tmp_path / "t.db"), SqliteStore(tmp_path / "t.db")
+    assert a.create_epoch(ep(0, "a", anchor=1)) == ep(0, "a", anchor=1)
+    # b proposes the same index with another anchor: it gets a's record back.
+    assert b.create_epoch(ep(0, "b", anchor=2)) == ep(0, "a", anchor=1)
+    assert b.latest_epoch("live/x") == ep(0, "a", anchor=1)
+    assert b.latest_epoch("other") is None
+    assert [e.index for e in a.epochs("live/x")] == [0]
+
+
+def test_concurrent_epoch_creation_agrees(tmp_path: Path) -> None:
+    stores = [SqliteStore(tmp_path / "t.db") for _ in range(4)]
+    results: list[Epoch] = []
+    lock = threading.Lock()
+
+    def create(i: int) -> None:
+        got = stores[i].create_epoch(ep(0, f"n{i}", anchor=i))
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 4 and len(set(results)) == 1
+
+
+def test_segments_first_writer_wins_and_queries(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "t.db")
+    assert s.put_segment(seg(5, "a", "x")) == seg(5, "a", "x")
+    assert s.put_segment(seg(5, "b", "y")) == seg(5, "a", "x")
+    for n in (6, 7, 9):
+        s.put_segment(seg(n, "a"))
+    assert [r.number for r in s.recent("live/x", 2)] == [7, 9]
+    assert [r.number for r in s.segments("live/x", 7)] == [7, 9]
+    assert s.last_number("live/x") == 9
+    assert s.last_number("nothing") is None
+    assert s.epoch_first_numbers("live/x") == {0: 5}
+    s.add_holder("live/x", 5, "b")
+    s.add_holder("live/x", 5, "a")
+    s.add_holder("live/x", 5, "a")
+    assert s.holders("live/x", 5) == ["a", "b"]
+    s.heartbeat("a", "http://a", 1)
+    s.heartbeat("a", "http://a2", 2)
+    assert [(n.node, n.url, n.heartbeat) for n in s.nodes()] == [("a", "http://a2", 2)]
+
+
+def test_open_store_specs(tmp_path: Path) -> None:
+    assert isinstance(open_store(None, tmp_path), SqliteStore)
+    assert (tmp_path / "timeline.sqlite3").exists()
+    assert isinstance(open_store(f"sqlite://{tmp_path}/x.db", tmp_path), SqliteStore)
+    with pytest.raises(ConfigError, match="unknown store"):
+        open_store("ftp://x", tmp_path)
+
+
+def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="cannot open"):
+        SqliteStore(tmp_path / "dir.db")
