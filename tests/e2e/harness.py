@@ -853,6 +853,10 @@ def ffmpeg_play(
     Runs ``ffmpeg -v error [input_args] -i URL -t SECONDS -f null -`` with a hard timeout
     (default ``seconds + 30``) and returns the exit code and every stderr line (each one is an
     error at ``-v error``).  Output goes to a log file in ``logdir``.
+
+    Live RTMP is paced by the server.  Live HLS/DASH is not: ffmpeg fetches what is listed as
+    fast as it can, so pass ``input_args=["-re"]`` to play a live playlist in real time (and
+    thereby keep reloading it for ``seconds``).
     """
     global _play_counter
     ffmpeg = require_binary("ffmpeg")
