@@ -82,7 +82,7 @@ fi
 # Package installation starts the distribution's services (nginx on :80, redis on :6379, ...).
 # Stop them: tests start private instances and must not depend on or collide with them.
 stop_service() {
-    local svc="$1" daemon="$2"
+    local svc="$1"
     if command -v service >/dev/null 2>&1 && [ -e "/etc/init.d/$svc" ]; then
         if as_root service "$svc" status >/dev/null 2>&1; then
             log "stopping system service $svc"
@@ -96,11 +96,10 @@ stop_service() {
         fi
         as_root systemctl disable --quiet "$svc" >/dev/null 2>&1 || true
     fi
-    : "$daemon"
 }
-stop_service nginx nginx
-stop_service redis-server redis-server
-stop_service haproxy haproxy
+stop_service nginx
+stop_service redis-server
+stop_service haproxy
 
 # ---------------------------------------------------------------------------------------------
 # 2. Python package (editable) with test extras
