@@ -30,6 +30,7 @@ from sidecar.hls import (
     render_multivariant,
 )
 from sidecar.model import SegmentRecord
+from sidecar.peers import PeerFetcher
 from sidecar.pipeline import StreamPipeline
 from sidecar.settings import NAME_RE, Settings, StreamSpec
 from sidecar.storage import LocalSegment
@@ -65,6 +66,7 @@ class Node:
         self.clock = clock
         self.streams = streams
         self.started = time.monotonic()
+        self.peers = PeerFetcher(store, settings.node_id)
 
     def stream(self, app: str, name: str) -> StreamRuntime:
         if not (NAME_RE.match(app) and NAME_RE.match(name)):
@@ -107,21 +109,41 @@ class Node:
         return Variant(f"{RENDITION}/{MEDIA_PLAYLIST}", bandwidth, codecs, resolution)
 
     async def local_segment(self, rt: StreamRuntime, number: int) -> LocalSegment:
-        """The local file for ``number``; waits briefly for one the timeline lists."""
-        seg = rt.pipeline.segments.get(number)
-        if seg is not None:
-            return seg
+        """The local file for ``number`` as the timeline lists it.
+
+        Missing here but listed: wait briefly if our own pipeline is still working towards
+        it, otherwise (or after the wait) fetch it from a peer that holds it.
+        """
+        segments = rt.pipeline.segments
         records, _ = await self.records(rt)
+        record = next((r for r in records if r.number == number), None)
+        if record is None:
+            found = await asyncio.to_thread(self.store.segments, rt.key, number)
+            record = found[0] if found and found[0].number == number else None
+        seg = segments.get(number)
+        if seg is not None and (record is None or record.sha256 == seg.sha256):
+            return seg
         newest = records[-1].number if records else None
-        listed = any(r.number == number for r in records)
-        if not listed and (newest is None or number != newest + 1):
+        if record is None and (newest is None or number != newest + 1):
             raise NotFound(f"segment {number} of {rt.key} is not in the timeline")
+        own_last = rt.pipeline.status.last_number
+        if seg is None and (record is None or own_last is None or own_last < number):
+            seg = await self._wait_local(rt, number)
+            if seg is not None and (record is None or record.sha256 == seg.sha256):
+                return seg
+        if record is not None:
+            data = await self.peers.fetch(record, self.clock.now())
+            if data is not None:
+                return await asyncio.to_thread(segments.write, number, data)
+        raise NotFound(f"segment {number} of {rt.key} is not available on this node")
+
+    async def _wait_local(self, rt: StreamRuntime, number: int) -> LocalSegment | None:
         deadline = time.monotonic() + self.settings.segment_wait
         cond = rt.pipeline.published
         while (seg := rt.pipeline.segments.get(number)) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise NotFound(f"segment {number} of {rt.key} is not available on this node")
+                return None
             async with cond:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), min(remaining, 0.5))
@@ -167,6 +189,7 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            await node.peers.close()
 
     app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
