@@ -59,7 +59,8 @@ def _setup_logging(level: str, node: str) -> None:
 
 @app.command()
 def serve(
-    node_id: Annotated[str | None, typer.Option(help="This node's name (default: hostname).")] = None,
+    node_id: Annotated[str | None, typer.Option(
+        help="This node's name (default: hostname).")] = None,
     listen: Annotated[str | None, typer.Option(help="HOST:PORT for HTTP.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Segments and the local store.")] = None,
     segment_duration: Annotated[str | None, typer.Option(help="Seconds per segment.")] = None,
@@ -68,7 +69,8 @@ def serve(
         help="APP/NAME=INPUT, repeatable. INPUT: rtmp://, rtmp://..?listen=1, udp://, "
              "tcp://, http(s)://, a file path (?loop=1), synthetic:")] = None,
     store: Annotated[str | None, typer.Option(
-        help="Timeline store: a SQLite path (default DATA_DIR/timeline.sqlite3) or redis://")] = None,
+        help="Timeline store: a SQLite path (default DATA_DIR/timeline.sqlite3) or "
+             "redis://")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with the same keys.")] = None,
     publish_delay: Annotated[str | None, typer.Option(
         help="Seconds after the first node publishes a segment before playlists list it.")] = None,

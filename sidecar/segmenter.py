@@ -17,6 +17,7 @@ Rules, all pure functions of the packets' grid times, so every node cuts identic
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from sidecar.grid import TICKS_PER_SECOND, slot_of
@@ -122,7 +123,7 @@ class Segmenter:
                 self.stats.soft_boundaries += 1
                 pieces.append(_Building(slot, max(q.pts, pieces[-1].start + 1), None, []))
             pieces[-1].driver.append(q)
-        for a, b in zip(pieces, pieces[1:], strict=False):
+        for a, b in itertools.pairwise(pieces):
             a.end = b.start
         pieces[-1].end = until
         for q in run.others:
@@ -169,7 +170,8 @@ class Segmenter:
             return True
         if self._other_mark is not None and self._other_mark >= piece.end:
             return True
-        return self._driver_mark is not None and self._driver_mark >= piece.end + self.max_interleave
+        mark = self._driver_mark
+        return mark is not None and mark >= piece.end + self.max_interleave
 
     def _drain(self, force: bool) -> list[Cut]:
         out: list[Cut] = []

@@ -196,7 +196,7 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
                        allow_headers=["*"], expose_headers=["ETag", "Content-Range", "X-Node"])
 
     @app.middleware("http")
-    async def node_header(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def node_header(request: Request, call_next):
         response = await call_next(request)
         response.headers["X-Node"] = node.settings.node_id
         return response

@@ -48,7 +48,8 @@ def _draw_text(y_plane: np.ndarray, text: str, x: int, y: int, scale: int) -> No
         for i, b in enumerate(bits):
             if b == "1":
                 r, c = divmod(i, 3)
-                y_plane[y + r * scale : y + (r + 1) * scale, x + c * scale : x + (c + 1) * scale] = 235
+                rows = slice(y + r * scale, y + (r + 1) * scale)
+                y_plane[rows, x + c * scale : x + (c + 1) * scale] = 235
         x += 4 * scale
 
 

@@ -65,10 +65,10 @@ def open_store(spec: str | None, data_dir: Path) -> TimelineStore:
         return SqliteStore(data_dir / "timeline.sqlite3")
     if spec.startswith(("redis://", "rediss://", "unix://")):
         try:
-            from sidecar.store.redis import RedisStore  # type: ignore[import-not-found]
+            from sidecar.store.redis import RedisStore
         except ImportError as exc:  # pragma: no cover - until the Redis backend lands
             raise ConfigError(f"Redis store is not available: {exc}") from exc
-        return RedisStore(spec)  # type: ignore[no-any-return]
+        return RedisStore(spec)
     if spec.startswith("sqlite:///"):
         return SqliteStore(Path(spec.removeprefix("sqlite://")))
     if "://" in spec:

@@ -32,11 +32,11 @@ CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, url TEXT NOT NULL,
 """
 
 
-def _epoch(row: tuple) -> Epoch:  # type: ignore[type-arg]
+def _epoch(row: tuple) -> Epoch:
     return Epoch(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
 
 
-def _segment(row: tuple) -> SegmentRecord:  # type: ignore[type-arg]
+def _segment(row: tuple) -> SegmentRecord:
     return SegmentRecord(*row)
 
 
@@ -61,7 +61,7 @@ class SqliteStore:
         if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{path} has schema {version}, this sidecar needs {SCHEMA_VERSION}")
 
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             with self._lock:
                 return self._db.execute(sql, args).fetchall()

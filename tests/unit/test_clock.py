@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import pytest
@@ -41,7 +42,7 @@ def test_rtmp_wrap_is_not_a_jump_and_stays_continuous() -> None:
     placed = [tl.place(raw(t)) for t in [(1 << 32) - 80, (1 << 32) - 40, 0, 40]]
     assert [p.jump for p in placed] == [False] * 4
     dts = [p.dts for p in placed]
-    assert [b - a for a, b in zip(dts, dts[1:], strict=False)] == [40 * 90] * 3
+    assert [b - a for a, b in itertools.pairwise(dts)] == [40 * 90] * 3
 
 
 def test_ts_wrap_with_b_frames() -> None:

@@ -74,9 +74,12 @@ def test_rounding_for_target_duration(ticks: int, rounded: int, ceiled: int) -> 
 
 @pytest.mark.parametrize(
     ("u", "text"),
-    [(0, "1970-01-01T00:00:00.000Z"), (90_000 * 1_700_000_000 + 45_000,
-                                        "2023-11-14T22:13:20.500Z"), (89, "1970-01-01T00:00:00.000Z"),
-     (90, "1970-01-01T00:00:00.001Z")],
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (90_000 * 1_700_000_000 + 45_000, "2023-11-14T22:13:20.500Z"),
+        (89, "1970-01-01T00:00:00.000Z"),
+        (90, "1970-01-01T00:00:00.001Z"),
+    ],
 )
 def test_program_date_time(u: int, text: str) -> None:
     assert format_program_date_time(u) == text

@@ -52,7 +52,8 @@ def nodes(tmp_path: Path) -> tuple[Node, Node, ManualClock]:
     return a, b, clock
 
 
-def test_playlists_and_segments_identical_across_nodes(nodes: tuple[Node, Node, ManualClock]) -> None:
+def test_playlists_and_segments_identical_across_nodes(
+        nodes: tuple[Node, Node, ManualClock]) -> None:
     a, b, _ = nodes
     with TestClient(create_app(a, run_pipelines=False)) as ca, \
             TestClient(create_app(b, run_pipelines=False)) as cb:

@@ -13,7 +13,7 @@ D = 6 * S
 
 def rec(n: int, epoch: int = 0, dur: int = D, start: int | None = None,
         at: int | None = None) -> SegmentRecord:
-    return SegmentRecord("live/x", n, epoch, n * D if start is None else start, dur, "h%d" % n,
+    return SegmentRecord("live/x", n, epoch, n * D if start is None else start, dur, f"h{n}",
                          1000, (n + 1) * D + S // 2 if at is None else at, "a")
 
 
