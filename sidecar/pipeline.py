@@ -11,7 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from sidecar.clock import Clock, InputTimeline, matches, propose_epoch
+from sidecar.clock import Clock, InputTimeline, Placed, matches, propose_epoch
 from sidecar.grid import TICKS_PER_SECOND, rescale
 from sidecar.ingest import END, Reader, Source
 from sidecar.model import (
@@ -39,6 +39,8 @@ class PipelineConfig:
     duration: int
     tolerance: int = 2 * TICKS_PER_SECOND
     join_margin: int = TICKS_PER_SECOND
+    # How long (wall clock) to watch a new run's packets before deciding its epoch.
+    settle: int = TICKS_PER_SECOND // 2
     keep_segments: int = 16
 
 
@@ -52,6 +54,8 @@ class _Run:
     first_t: int | None = None
     segmenter: Segmenter | None = None
     epoch: Epoch | None = None
+    # Packets held while the epoch is being recognised (see ``_settled``).
+    pending: list[tuple[RawPacket, Placed]] = field(default_factory=list)
 
 
 @dataclass
@@ -131,13 +135,41 @@ class StreamPipeline:
         if run is None:
             return
         placed = run.timeline.place(raw)
-        if run.epoch is None or placed.jump:
-            if placed.jump and run.segmenter is not None:
+        if placed.jump:
+            if run.pending:  # a jump while still recognising: settle what we have first
+                await self._settle(run)
+            if run.segmenter is not None:
                 log.info("stream %s: timestamp jump, closing epoch %s", self.cfg.stream,
                          run.epoch.index if run.epoch else "?")
                 await self._publish_cuts(run, run.segmenter.finish())
-                run.segmenter = None
-            await self._enter_epoch(run, placed.dts, raw.arrival)
+            run.segmenter = None
+            run.epoch = None
+        if run.epoch is None:
+            run.pending.append((raw, placed))
+            if self._settled(run):
+                await self._settle(run)
+            return
+        await self._push(run, raw, placed)
+
+    def _settled(self, run: _Run) -> bool:
+        first, last = run.pending[0][0], run.pending[-1][0]
+        return last.arrival - first.arrival >= self.cfg.settle or len(run.pending) > 5000
+
+    async def _settle(self, run: _Run) -> None:
+        """Decide the epoch of the held packets, then feed them through.
+
+        Packets read while the input was being opened arrive in one burst, late against
+        their timestamps; the freshest packet in the burst shows the true delivery delay,
+        so the run's arrival is estimated from the smallest ``arrival - timestamp``.
+        """
+        t0 = run.pending[0][1].dts
+        offset = min(r.arrival - p.dts for r, p in run.pending)
+        await self._enter_epoch(run, t0, t0 + offset)
+        pending, run.pending = run.pending, []
+        for raw, placed in pending:
+            await self._push(run, raw, placed)
+
+    async def _push(self, run: _Run, raw: RawPacket, placed: Placed) -> None:
         assert run.epoch is not None and run.segmenter is not None
         track = run.tracks[raw.track]
         anchor = run.epoch.anchor

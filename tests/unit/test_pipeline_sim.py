@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -143,3 +144,33 @@ def test_reconnect_into_same_epoch_drops_partial_segment(tmp_path: Path,
     # Slot n0+2 [8 s, 12 s) holds the hole; n0+3 starts 0.5 s after the reconnect, inside
     # the join margin, so it is not trusted either; publication resumes at n0+4.
     assert a.dir.numbers() == [n0, n0 + 1, n0 + 4]
+
+
+def test_opening_burst_does_not_fool_epoch_recognition(tmp_path: Path,
+                                                       store: SqliteStore) -> None:
+    """A restarted node's first packets arrive in one burst (read while the input was
+    probed), seconds late against their timestamps. It must still join the running epoch."""
+    packets = sim.feed(30)
+    a, b = Node("a", tmp_path, store), Node("b", tmp_path, store)
+    join, burst = 10 * S, int(2.6 * S)  # > the 2 s recognition tolerance
+
+    def b_arrival(p: RawPacket) -> int:
+        t = p.dts or 0
+        return WALL0 + max(t, join + burst // 2) + 20 * 90
+
+    b_packets = [replace(p, arrival=b_arrival(p)) for p in packets
+                 if (p.dts or 0) >= join - burst // 2]
+
+    async def go() -> None:
+        await a.pipe.handle(sim.opened(WALL0))
+        await b.pipe.handle(sim.opened(WALL0 + join))
+        ev = [(p.arrival, 0, p) for p in sim.arrive(packets, WALL0)]
+        ev += [(p.arrival, 1, p) for p in b_packets]
+        for _, who, p in sorted(ev, key=lambda e: (e[0], e[1])):
+            await (a if who == 0 else b).play([p])
+
+    asyncio.run(go())
+    assert [e.index for e in store.epochs("live/x")] == [0]
+    fa, fb = a.files(), b.files()
+    assert len(fb) >= 3
+    assert all(fa[n] == fb[n] for n in fb)
