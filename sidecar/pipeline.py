@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sidecar.clock import Clock, InputTimeline, Placed, matches, propose_epoch
 from sidecar.grid import TICKS_PER_SECOND, rescale
+from sidecar.errors import StoreError
 from sidecar.ingest import END, Reader, Source
 from sidecar.model import (
     Cut,
@@ -98,7 +99,13 @@ class StreamPipeline:
                 item = await queue.get()
                 if item is END:
                     return
-                await self.handle(item)
+                try:
+                    await self.handle(item)
+                except StoreError as exc:
+                    # The packet is lost for this node (peers can still serve its segment);
+                    # the next packet retries.
+                    self.status.last_error = f"timeline store: {exc}"
+                    log.error("stream %s: %s", self.cfg.stream, exc)
         finally:
             self._reader.stop_event.set()
             await asyncio.to_thread(self._reader.stop)

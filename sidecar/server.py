@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from sidecar import __version__
 from sidecar.clock import Clock
 from sidecar.errors import BadRequest, NotFound, SidecarError, StoreError
-from sidecar.grid import TICKS_PER_SECOND
+from sidecar.grid import TICKS_PER_SECOND, seconds_to_ticks
 from sidecar.hls import (
     MEDIA_PLAYLIST,
     RENDITION,
@@ -30,7 +30,7 @@ from sidecar.hls import (
     render_multivariant,
 )
 from sidecar.model import SegmentRecord
-from sidecar.peers import PeerFetcher
+from sidecar.peers import STALE_AFTER, PeerFetcher
 from sidecar.pipeline import StreamPipeline
 from sidecar.settings import NAME_RE, Settings, StreamSpec
 from sidecar.storage import LocalSegment
@@ -50,6 +50,7 @@ class StreamRuntime:
     spec: StreamSpec
     pipeline: StreamPipeline
     _cache: tuple[float, list[SegmentRecord], dict[int, int]] | None = field(default=None)
+    missing: list[int] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -149,24 +150,100 @@ class Node:
                     await asyncio.wait_for(cond.wait(), min(remaining, 0.5))
         return seg
 
-    def readiness(self) -> tuple[bool, dict[str, object]]:
+    async def window_gaps(self, rt: StreamRuntime, *, fetch: bool) -> tuple[list[int], int | None]:
+        """Listed segments of the current window this node cannot serve as listed.
+
+        A segment that was listed only moments ago and that our own pipeline is still
+        working on is not counted (nor fetched). With ``fetch``, the others are fetched
+        from peers. Returns the missing numbers and when the newest record was published.
+        """
+        records, _ = await self.records(rt)
+        pl = await self.media_playlist(rt)
+        if pl is None:
+            return [], None
+        by_number = {r.number: r for r in records}
         now = self.clock.now()
-        fresh = max(3 * self.settings.duration_ticks, 10 * TICKS_PER_SECOND)
+        grace = seconds_to_ticks(self.settings.segment_wait) + self.settings.publish_delay_ticks
+        pipe = rt.pipeline
+        missing: list[int] = []
+        for e in pl.entries:
+            record = by_number.get(e.number)
+            if e.gap or record is None:
+                continue
+            seg = pipe.segments.get(e.number)
+            if seg is not None and seg.sha256 == record.sha256:
+                continue
+            own_last = pipe.status.last_number
+            coming = pipe.status.connected and (own_last is None or own_last < e.number)
+            if seg is None and coming and now - record.available_at < grace:
+                continue
+            if fetch:
+                data = await self.peers.fetch(record, now)
+                if data is not None:
+                    await asyncio.to_thread(pipe.segments.write, e.number, data)
+                    continue
+            missing.append(e.number)
+        return missing, records[-1].available_at if records else None
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        now = self.clock.now()
+        stale = max(10 * self.settings.duration_ticks, 60 * TICKS_PER_SECOND)
         streams: dict[str, object] = {}
         ok = bool(self.streams)
         for key, rt in self.streams.items():
             st = rt.pipeline.status
-            if st.last_publish is None:
+            missing, newest_at = await self.window_gaps(rt, fetch=False)
+            if newest_at is None:
                 reason = "no segment published yet"
-            elif now - st.last_publish > fresh:
-                reason = f"no segment published for {(now - st.last_publish) // 90_000} s"
+            elif now - newest_at > stale:
+                reason = f"no segment published for {(now - newest_at) // TICKS_PER_SECOND} s"
+            elif missing:
+                reason = f"cannot serve {len(missing)} segment(s) of the window: {missing[:5]}"
             else:
                 reason = ""
             streams[key] = {"ready": not reason, "reason": reason or None,
                             "connected": st.connected, "epoch": st.epoch,
                             "last_segment": st.last_number, "input_error": st.last_error}
             ok = ok and not reason
-        return ok, {"ready": ok, "node": self.settings.node_id, "streams": streams}
+        body: dict[str, object] = {"ready": ok, "node": self.settings.node_id, "streams": streams}
+        status = getattr(self.store, "status", None)
+        if callable(status):
+            body["store"] = status()
+        return ok, body
+
+    async def maintain(self, rt: StreamRuntime) -> None:
+        """Keep the whole current window servable: backfill what we lack from peers."""
+        while True:
+            try:
+                missing, _ = await self.window_gaps(rt, fetch=True)
+                if missing != rt.missing:
+                    if missing:
+                        log.warning("stream %s: cannot get segments %s from any peer",
+                                    rt.key, missing[:5])
+                    rt.missing = missing
+            except StoreError as exc:
+                log.debug("backfill skipped: %s", exc)
+            await asyncio.sleep(0.5)
+
+    async def cluster(self) -> dict[str, object]:
+        now = self.clock.now()
+        nodes = await asyncio.to_thread(self.store.nodes)
+        streams: dict[str, object] = {}
+        for key in self.streams:
+            newest = await asyncio.to_thread(self.store.newest_by_node, key)
+            last = await asyncio.to_thread(self.store.last_number, key)
+            streams[key] = {"newest_segment": last, "newest_by_node": newest}
+        body: dict[str, object] = {
+            "node": self.settings.node_id,
+            "nodes": [{"node": n.node, "url": n.url,
+                       "heartbeat_age_s": round((now - n.heartbeat) / TICKS_PER_SECOND, 3),
+                       "stale": now - n.heartbeat > STALE_AFTER} for n in nodes],
+            "streams": streams,
+        }
+        status = getattr(self.store, "status", None)
+        if callable(status):
+            body["store"] = status()
+        return body
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -180,6 +257,7 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         if run_pipelines:
             for rt in node.streams.values():
                 tasks.append(asyncio.create_task(rt.pipeline.run(), name=f"pipeline-{rt.key}"))
+                tasks.append(asyncio.create_task(node.maintain(rt), name=f"backfill-{rt.key}"))
             tasks.append(asyncio.create_task(_heartbeat(node), name="heartbeat"))
         try:
             yield
@@ -228,8 +306,12 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ok, body = node.readiness()
+        ok, body = await node.readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/cluster")
+    async def cluster() -> dict[str, object]:
+        return await node.cluster()
 
     @app.get("/streams")
     async def streams() -> dict[str, object]:

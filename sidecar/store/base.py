@@ -50,6 +50,10 @@ class TimelineStore(Protocol):
 
     def holders(self, stream: str, number: int) -> list[str]: ...
 
+    def newest_by_node(self, stream: str) -> dict[str, int]:
+        """For every node that holds segments of ``stream``, the highest number it holds."""
+        ...
+
     def heartbeat(self, node: str, url: str, now: int) -> None: ...
 
     def nodes(self) -> list[NodeInfo]: ...
@@ -64,11 +68,11 @@ def open_store(spec: str | None, data_dir: Path) -> TimelineStore:
     if not spec:
         return SqliteStore(data_dir / "timeline.sqlite3")
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from sidecar.store.redis import RedisStore
-        except ImportError as exc:  # pragma: no cover - until the Redis backend lands
-            raise ConfigError(f"Redis store is not available: {exc}") from exc
-        return RedisStore(spec)
+        from sidecar.store.mirrored import MirroredStore
+        from sidecar.store.redis import RedisStore
+
+        # Publishing must not stop when Redis does: a local mirror carries the node.
+        return MirroredStore(RedisStore(spec), SqliteStore(data_dir / "timeline-mirror.sqlite3"))
     if spec.startswith("sqlite:///"):
         return SqliteStore(Path(spec.removeprefix("sqlite://")))
     if "://" in spec:

@@ -81,6 +81,23 @@ class SqliteStore:
         rows = self._query("SELECT * FROM epochs WHERE stream=? AND idx=?", (e.stream, e.index))
         return _epoch(rows[0])
 
+    def mirror_epoch(self, epoch: Epoch) -> None:
+        """Overwrite with the cluster's record (the cluster store is the authority)."""
+        e = epoch
+        self._query("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
+                    (e.stream, e.index, e.anchor, e.t0, e.lead, e.created_at, e.node,
+                     e.codecs, e.resolution))
+
+    def mirror_segments(self, records: list[SegmentRecord]) -> None:
+        rows = [(r.stream, r.number, r.epoch, r.start, r.duration, r.sha256, r.size,
+                 r.available_at, r.node) for r in records]
+        try:
+            with self._lock:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"timeline store {self.path}: {exc}") from exc
+
     def epochs(self, stream: str) -> list[Epoch]:
         return [_epoch(r) for r in
                 self._query("SELECT * FROM epochs WHERE stream=? ORDER BY idx", (stream,))]
@@ -120,6 +137,11 @@ class SqliteStore:
         rows = self._query("SELECT node FROM holders WHERE stream=? AND number=? ORDER BY node",
                            (stream, number))
         return [r[0] for r in rows]
+
+    def newest_by_node(self, stream: str) -> dict[str, int]:
+        rows = self._query("SELECT node, MAX(number) FROM holders WHERE stream=? GROUP BY node",
+                           (stream,))
+        return {node: number for node, number in rows}
 
     def heartbeat(self, node: str, url: str, now: int) -> None:
         self._query("INSERT OR REPLACE INTO nodes VALUES (?,?,?)", (node, url, now))

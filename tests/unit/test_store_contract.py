@@ -1,14 +1,36 @@
+"""One contract, every backend: SQLite (embedded) and Redis (a real redis-server)."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.errors import ConfigError, StoreError
 from sidecar.model import Epoch, SegmentRecord
-from sidecar.store import open_store
+from sidecar.store import TimelineStore, open_store
+from sidecar.store.mirrored import MirroredStore
+from sidecar.store.redis import RedisStore
 from sidecar.store.sqlite import SqliteStore
+from tests.e2e.harness import ProcessRegistry, RedisServer
+
+Factory = Callable[[], TimelineStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def connect(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Opens another connection to the same store each call (as another node would)."""
+    if request.param == "sqlite":
+        yield lambda: SqliteStore(tmp_path / "t.db")
+        return
+    registry = ProcessRegistry()
+    server = RedisServer(tmp_path / "redis", registry=registry).start()
+    try:
+        yield lambda: RedisStore(server.url)
+    finally:
+        registry.stop_all()
 
 
 def ep(index: int, node: str, anchor: int = 0) -> Epoch:
@@ -19,8 +41,8 @@ def seg(n: int, node: str, sha: str = "h") -> SegmentRecord:
     return SegmentRecord("live/x", n, 0, n * 10, 10, sha, 5, n, node)
 
 
-def test_epoch_compare_and_set_first_writer_wins(tmp_path: Path) -> None:
-    a, b = SqliteStore(tmp_path / "t.db"), SqliteStore(tmp_path / "t.db")
+def test_epoch_compare_and_set_first_writer_wins(connect: Factory) -> None:
+    a, b = connect(), connect()
     assert a.create_epoch(ep(0, "a", anchor=1)) == ep(0, "a", anchor=1)
     # b proposes the same index with another anchor: it gets a's record back.
     assert b.create_epoch(ep(0, "b", anchor=2)) == ep(0, "a", anchor=1)
@@ -29,8 +51,8 @@ def test_epoch_compare_and_set_first_writer_wins(tmp_path: Path) -> None:
     assert [e.index for e in a.epochs("live/x")] == [0]
 
 
-def test_concurrent_epoch_creation_agrees(tmp_path: Path) -> None:
-    stores = [SqliteStore(tmp_path / "t.db") for _ in range(4)]
+def test_concurrent_epoch_creation_agrees(connect: Factory) -> None:
+    stores = [connect() for _ in range(4)]
     results: list[Epoch] = []
     lock = threading.Lock()
 
@@ -47,10 +69,10 @@ def test_concurrent_epoch_creation_agrees(tmp_path: Path) -> None:
     assert len(results) == 4 and len(set(results)) == 1
 
 
-def test_segments_first_writer_wins_and_queries(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "t.db")
+def test_segments_first_writer_wins_and_queries(connect: Factory) -> None:
+    s, other = connect(), connect()
     assert s.put_segment(seg(5, "a", "x")) == seg(5, "a", "x")
-    assert s.put_segment(seg(5, "b", "y")) == seg(5, "a", "x")
+    assert other.put_segment(seg(5, "b", "y")) == seg(5, "a", "x")
     for n in (6, 7, 9):
         s.put_segment(seg(n, "a"))
     assert [r.number for r in s.recent("live/x", 2)] == [7, 9]
@@ -62,12 +84,16 @@ def test_segments_first_writer_wins_and_queries(tmp_path: Path) -> None:
     s.add_holder("live/x", 5, "a")
     s.add_holder("live/x", 5, "a")
     assert s.holders("live/x", 5) == ["a", "b"]
+    s.add_holder("live/x", 7, "a")
+    assert other.newest_by_node("live/x") == {"a": 7, "b": 5}
+    assert s.holders("live/x", 6) == []
     s.heartbeat("a", "http://a", 1)
     s.heartbeat("a", "http://a2", 2)
     assert [(n.node, n.url, n.heartbeat) for n in s.nodes()] == [("a", "http://a2", 2)]
 
 
 def test_open_store_specs(tmp_path: Path) -> None:
+    assert isinstance(open_store("redis://127.0.0.1:1/0", tmp_path), MirroredStore)
     assert isinstance(open_store(None, tmp_path), SqliteStore)
     assert (tmp_path / "timeline.sqlite3").exists()
     assert isinstance(open_store(f"sqlite://{tmp_path}/x.db", tmp_path), SqliteStore)
@@ -79,3 +105,15 @@ def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="cannot open"):
         SqliteStore(tmp_path / "dir.db")
+
+
+def test_redis_down_is_a_store_error_quickly(tmp_path: Path) -> None:
+    import time
+
+    from tests.e2e.harness import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match="Redis"):
+        store.latest_epoch("live/x")
+    assert time.monotonic() - t0 < 2.0

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sidecar.model import SegmentRecord
+from sidecar.peers import STALE_AFTER, PeerFetcher
+from sidecar.store.sqlite import SqliteStore
+
+GOOD = b"\x47" * 188 * 4
+NOW = 10**12
+
+
+def serve(body: bytes) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def servers() -> Iterator[dict[str, str]]:
+    started = {name: serve(body) for name, body in
+               (("liar", b"\x47" * 188 * 4 + b"x"), ("good", GOOD), ("stale", GOOD))}
+    yield {name: url for name, (_, url) in started.items()}
+    for server, _ in started.values():
+        server.shutdown()
+
+
+def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
+                                                 servers: dict[str, str]) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    record = SegmentRecord("live/x", 7, 0, 0, 1, hashlib.sha256(GOOD).hexdigest(), len(GOOD),
+                           0, "good")
+    store.put_segment(record)
+    for node in ("liar", "good", "stale", "me"):
+        store.add_holder("live/x", 7, node)
+    store.heartbeat("liar", servers["liar"], NOW)
+    store.heartbeat("good", servers["good"], NOW)
+    store.heartbeat("stale", servers["stale"], NOW - STALE_AFTER - 1)
+    fetcher = PeerFetcher(store, "me")
+
+    async def go() -> bytes | None:
+        try:
+            return await fetcher.fetch(record, NOW)
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(go()) == GOOD
+    assert fetcher.rejected == 1 and fetcher.fetched == 1
+
+
+def test_no_trustworthy_peer_means_none(tmp_path: Path, servers: dict[str, str]) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    record = SegmentRecord("live/x", 7, 0, 0, 1, "0" * 64, 1, 0, "liar")
+    store.add_holder("live/x", 7, "liar")
+    store.heartbeat("liar", servers["liar"], NOW)
+    fetcher = PeerFetcher(store, "me")
+
+    async def go() -> bytes | None:
+        try:
+            return await fetcher.fetch(record, NOW)
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(go()) is None
+    assert fetcher.rejected == 1
