@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field
 
 from sidecar.clock import Clock, InputTimeline, Placed, matches, propose_epoch
-from sidecar.grid import TICKS_PER_SECOND, rescale
 from sidecar.errors import StoreError
+from sidecar.grid import TICKS_PER_SECOND, rescale
 from sidecar.ingest import END, Reader, Source
 from sidecar.model import (
     Cut,

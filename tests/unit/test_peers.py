@@ -36,7 +36,7 @@ def serve(body: bytes) -> tuple[ThreadingHTTPServer, str]:
 @pytest.fixture
 def servers() -> Iterator[dict[str, str]]:
     started = {name: serve(body) for name, body in
-               (("liar", b"\x47" * 188 * 4 + b"x"), ("good", GOOD), ("stale", GOOD))}
+               (("a-liar", b"\x47" * 188 * 4 + b"x"), ("good", GOOD), ("stale", GOOD))}
     yield {name: url for name, (_, url) in started.items()}
     for server, _ in started.values():
         server.shutdown()
@@ -48,9 +48,9 @@ def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
     record = SegmentRecord("live/x", 7, 0, 0, 1, hashlib.sha256(GOOD).hexdigest(), len(GOOD),
                            0, "good")
     store.put_segment(record)
-    for node in ("liar", "good", "stale", "me"):
+    for node in ("a-liar", "good", "stale", "me"):
         store.add_holder("live/x", 7, node)
-    store.heartbeat("liar", servers["liar"], NOW)
+    store.heartbeat("a-liar", servers["a-liar"], NOW)
     store.heartbeat("good", servers["good"], NOW)
     store.heartbeat("stale", servers["stale"], NOW - STALE_AFTER - 1)
     fetcher = PeerFetcher(store, "me")
@@ -67,9 +67,9 @@ def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
 
 def test_no_trustworthy_peer_means_none(tmp_path: Path, servers: dict[str, str]) -> None:
     store = SqliteStore(tmp_path / "t.db")
-    record = SegmentRecord("live/x", 7, 0, 0, 1, "0" * 64, 1, 0, "liar")
-    store.add_holder("live/x", 7, "liar")
-    store.heartbeat("liar", servers["liar"], NOW)
+    record = SegmentRecord("live/x", 7, 0, 0, 1, "0" * 64, 1, 0, "a-liar")
+    store.add_holder("live/x", 7, "a-liar")
+    store.heartbeat("a-liar", servers["a-liar"], NOW)
     fetcher = PeerFetcher(store, "me")
 
     async def go() -> bytes | None:
