@@ -57,7 +57,7 @@ def setup(tmp_path: Path) -> tuple[MirroredStore, Flaky, SqliteStore, Tick]:
 
 def test_reads_mirror_and_survive_outage(setup: tuple[MirroredStore, Flaky, SqliteStore, Tick]
                                          ) -> None:
-    store, flaky, cluster, tick = setup
+    store, flaky, cluster, _ = setup
     cluster.put_segment(rec(1, "other"))
     cluster.create_epoch(Epoch("live/x", 0, 5, 0, 0, 0, "other"))
     assert [r.number for r in store.recent("live/x", 10)] == [1]
