@@ -43,6 +43,10 @@ PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment", "mp4": "video/mp4"}
 _SEGMENT_RE = re.compile(r"^(\d{1,19})\.(ts)$")
 _DEFAULT_BANDWIDTH = 2_000_000
+# What a gap entry's URI serves: one MPEG-TS null packet. Players that honour EXT-X-GAP never
+# ask for it; the others (FFmpeg's HLS demuxer) get a valid, empty segment instead of a 404.
+GAP_SEGMENT = b"\x47\x1f\xff\x10" + b"\xff" * 184
+_GAP_ETAG = '"' + hashlib.sha256(GAP_SEGMENT).hexdigest()[:32] + '"'
 
 
 @dataclass
@@ -108,6 +112,15 @@ class Node:
         codecs = epoch.codecs if epoch else ""
         resolution = epoch.resolution if epoch else ""
         return Variant(f"{RENDITION}/{MEDIA_PLAYLIST}", bandwidth, codecs, resolution)
+
+    async def is_gap(self, rt: StreamRuntime, number: int) -> bool:
+        """``number`` is a hole between published segments (listed as ``EXT-X-GAP``)."""
+        if rt.pipeline.segments.get(number) is not None:
+            return False
+        records, _ = await self.records(rt)
+        numbers = {r.number for r in records}
+        return (number not in numbers and bool(records) and records[0].number < number
+                < records[-1].number)
 
     async def local_segment(self, rt: StreamRuntime, number: int) -> LocalSegment:
         """The local file for ``number`` as the timeline lists it.
@@ -343,7 +356,11 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         m = _SEGMENT_RE.match(segment)
         if not m:
             raise BadRequest("malformed segment name")
-        seg = await node.local_segment(rt, int(m.group(1)))
+        number = int(m.group(1))
+        if await node.is_gap(rt, number):
+            return Response(GAP_SEGMENT, media_type=SEGMENT_TYPES["ts"],
+                            headers={"Cache-Control": "public, max-age=10", "ETag": _GAP_ETAG})
+        seg = await node.local_segment(rt, number)
         headers = {
             "ETag": seg.etag,
             "Cache-Control": "public, max-age=31536000, immutable",

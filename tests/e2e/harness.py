@@ -971,7 +971,10 @@ def ffprobe_packets(
 class Haproxy(_Component):
     """HAProxy in HTTP mode, round-robin per request, health checks on ``health_path``.
 
-    No retries and no redispatch (a failing request reaches the client), no connection reuse
+    No retries and no redispatch (a failing request reaches the client) unless
+    ``redispatch_on_connection_failure``: then a request whose TCP connection is refused or
+    closed before any response (a killed process) goes to another server; HTTP answers
+    (404, 5xx) are never retried either way. No connection reuse
     (``http-reuse never`` + ``option http-server-close``), header ``X-Served-By: <server name>``
     on every response, checks every 500 ms (``fall 2 rise 2``).  Logs go to the process log.
     A runtime API socket listens on ``127.0.0.1:admin_port`` (see :meth:`command`).
@@ -988,12 +991,14 @@ class Haproxy(_Component):
         *,
         check_inter_ms: int = 500,
         timeout_server_s: float = 30.0,
+        redispatch_on_connection_failure: bool = False,
         registry: ProcessRegistry | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.admin_port = free_port()
+        self.redispatch = redispatch_on_connection_failure
         self.backends = list(backends)
         self.health_path = health_path
         self.check_inter_ms = check_inter_ms
@@ -1021,7 +1026,9 @@ class Haproxy(_Component):
             "    option httplog",
             "    option http-server-close",
             "    http-reuse never",
-            "    retries 0",
+            *(["    retries 2", "    option redispatch 1",
+               "    retry-on conn-failure empty-response"] if self.redispatch
+              else ["    retries 0"]),
             "    timeout connect 2s",
             "    timeout client 60s",
             f"    timeout server {int(self.timeout_server_s * 1000)}ms",

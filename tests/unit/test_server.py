@@ -159,3 +159,16 @@ def test_listed_segment_not_yet_local_waits_then_serves(
     assert status == 200 and body == data
     assert missing == 404
     assert threading.active_count() < 50
+
+
+def test_gap_entries_serve_an_empty_segment(nodes: tuple[Node, Node, ManualClock]) -> None:
+    a, _, clock = nodes
+    publish(a, N0 + 7, b"\x47" * 188, (N0 + 6) * D)  # N0+5 and N0+6 become holes
+    clock.t = (N0 + 6) * D + 2 * S
+    with TestClient(create_app(a, run_pipelines=False)) as c:
+        text = c.get("/live/demo/src/media.m3u8").text
+        assert text.count("#EXT-X-GAP") == 2
+        assert f"#EXT-X-GAP\n{N0 + 5}.ts\n" in text and f"#EXT-X-GAP\n{N0 + 6}.ts\n" in text
+        r = c.get(f"/live/demo/src/{N0 + 5}.ts")
+        assert r.status_code == 200 and len(r.content) == 188 and r.content[0] == 0x47
+        assert c.get(f"/live/demo/src/{N0 + 9}.ts").status_code == 404
