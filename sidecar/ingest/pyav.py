@@ -28,6 +28,12 @@ _VIDEO_CODECS = {"h264", "hevc"}
 _AUDIO_CODECS = {"aac", "mp3", "ac3", "eac3"}
 
 
+def _why(exc: BaseException) -> str:
+    """FFmpeg's own words for an error, without the errno noise."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return "read timeout" if text == "Immediate exit requested" else text
+
+
 def make_tracks(streams: list[Any]) -> tuple[tuple[TrackInfo, ...], dict[int, int]]:
     """Pick the first video and first audio stream; copy their codec parameters.
 
@@ -124,7 +130,7 @@ class PyAVConnection:
                 log.warning("invalid data in input, skipping: %s", exc)
                 continue
             except av.FFmpegError as exc:
-                raise InputError(f"read failed: {exc}") from exc
+                raise InputError(f"read failed: {_why(exc)}") from exc
 
     def close(self) -> None:
         try:
@@ -196,8 +202,11 @@ class PyAVSource:
             # ``timeout`` installs an interrupt callback: it bounds the open and every read.
             container = av.open(self.url, mode="r", format=self.fmt, options=self.options,
                                 timeout=(self.open_timeout, self.read_timeout))
+        except (av.error.EOFError, av.error.InvalidDataError) as exc:
+            raise InputError(f"cannot open: no {self.fmt or 'media'} stream found in what was "
+                             f"received (garbage or wrong format?): {_why(exc)}") from exc
         except (av.FFmpegError, OSError) as exc:
-            raise InputError(f"cannot open: {exc}") from exc
+            raise InputError(f"cannot open: {_why(exc)}") from exc
         try:
             tracks, mapping = make_tracks(list(container.streams))
         except InputError:
