@@ -55,6 +55,7 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
 def _setup_logging(level: str, node: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # peer fetches are not news
 
 
 @app.command()
