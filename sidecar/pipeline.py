@@ -42,6 +42,8 @@ class PipelineConfig:
     join_margin: int = TICKS_PER_SECOND
     # How long (wall clock) to watch a new run's packets before deciding its epoch.
     settle: int = TICKS_PER_SECOND // 2
+    # An input away this long has ended its epoch: its open segment is published as is.
+    epoch_end_timeout: int = 12 * TICKS_PER_SECOND
     keep_segments: int = 16
 
 
@@ -84,6 +86,7 @@ class StreamPipeline:
         self.published = asyncio.Condition()
         self._run: _Run | None = None
         self._suspended: _Run | None = None
+        self._suspended_at: int | None = None
         self._max_cut: int | None = None
         self._reader: Reader | None = None
 
@@ -96,7 +99,11 @@ class StreamPipeline:
         self._reader.start()
         try:
             while True:
-                item = await queue.get()
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except TimeoutError:
+                    await self.tick()
+                    continue
                 if item is END:
                     return
                 try:
@@ -109,6 +116,14 @@ class StreamPipeline:
         finally:
             self._reader.stop_event.set()
             await asyncio.to_thread(self._reader.stop)
+
+    async def tick(self) -> None:
+        """Called when the input is quiet: an epoch whose input stayed away ends here."""
+        if (self._suspended is not None and self._suspended_at is not None
+                and self.clock.now() - self._suspended_at >= self.cfg.epoch_end_timeout):
+            log.info("stream %s: input gone for %d s, publishing the epoch's last segment",
+                     self.cfg.stream, self.cfg.epoch_end_timeout // TICKS_PER_SECOND)
+            await self._flush_suspended()
 
     async def handle(self, item: object) -> None:
         """Process one reader event (also the entry point for in-process simulations)."""
@@ -123,7 +138,7 @@ class StreamPipeline:
 
     def _on_opened(self, opened: InputOpened) -> None:
         if self._run is not None and self._run.segmenter is not None:
-            self._suspended = self._run
+            self._suspended, self._suspended_at = self._run, self.clock.now()
         self._run = _Run(opened.tracks, InputTimeline(opened.wrap_bits), opened)
         self.status.connected = True
 
@@ -134,7 +149,7 @@ class StreamPipeline:
         if closed.error:
             self.status.last_error = closed.reason
         if self._run is not None and self._run.segmenter is not None:
-            self._suspended = self._run
+            self._suspended, self._suspended_at = self._run, self.clock.now()
         self._run = None
 
     async def _on_packet(self, raw: RawPacket) -> None:

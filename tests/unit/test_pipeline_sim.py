@@ -174,3 +174,28 @@ def test_opening_burst_does_not_fool_epoch_recognition(tmp_path: Path,
     fa, fb = a.files(), b.files()
     assert len(fb) >= 3
     assert all(fa[n] == fb[n] for n in fb)
+
+
+def test_epoch_end_published_when_the_input_stays_away(tmp_path: Path,
+                                                       store: SqliteStore) -> None:
+    packets = sim.feed(10)
+    a = Node("a", tmp_path, store)
+
+    async def go() -> list[int]:
+        await a.pipe.handle(sim.opened(WALL0))
+        await a.play(sim.arrive(packets, WALL0))
+        await a.pipe.handle(InputClosed("read timeout"))
+        before = a.dir.numbers()
+        a.clock.advance(5 * S)
+        await a.pipe.tick()
+        assert a.dir.numbers() == before  # maybe only a hiccup: wait
+        a.clock.advance(10 * S)
+        await a.pipe.tick()
+        return before
+
+    before = asyncio.run(go())
+    after = a.dir.numbers()
+    assert after == [*before, before[-1] + 1]
+    last = store.segments("live/x", after[-1])[0]
+    # It ends where its media ends (the last audio frame runs a few ms past 10 s).
+    assert 0 <= last.start + last.duration - (WALL0 // D * D + 10 * S) <= 1920
