@@ -228,6 +228,10 @@ class Node:
         """Keep the whole current window servable: backfill what we lack from peers."""
         while True:
             try:
+                pl = await self.media_playlist(rt)
+                if pl is not None:  # disk stays bounded even when only backfill writes
+                    await asyncio.to_thread(rt.pipeline.segments.prune,
+                                            pl.media_sequence - self.settings.retain_extra)
                 missing, _ = await self.window_gaps(rt, fetch=True)
                 if missing != rt.missing:
                     if missing:

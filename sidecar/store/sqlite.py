@@ -11,6 +11,7 @@ from sidecar.model import Epoch, SegmentRecord
 from sidecar.store.base import NodeInfo
 
 SCHEMA_VERSION = 1
+KEEP = 20_000  # records kept per stream (as the Redis backend does)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,6 +110,11 @@ class SqliteStore:
                      r.available_at, r.node))
         rows = self._query("SELECT * FROM segments WHERE stream=? AND number=?",
                            (r.stream, r.number))
+        if r.number % 100 == 0:  # now and then, forget what no playlist can list any more
+            self._query("DELETE FROM segments WHERE stream=? AND number<?",
+                        (r.stream, r.number - KEEP))
+            self._query("DELETE FROM holders WHERE stream=? AND number<?",
+                        (r.stream, r.number - KEEP))
         return _segment(rows[0])
 
     def segments(self, stream: str, since: int) -> list[SegmentRecord]:

@@ -117,3 +117,14 @@ def test_redis_down_is_a_store_error_quickly(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="Redis"):
         store.latest_epoch("live/x")
     assert time.monotonic() - t0 < 2.0
+
+
+def test_sqlite_forgets_records_beyond_keep(tmp_path: Path) -> None:
+    from sidecar.store import sqlite
+
+    s = SqliteStore(tmp_path / "t.db")
+    s.put_segment(seg(1, "a"))
+    s.add_holder("live/x", 1, "a")
+    s.put_segment(seg(sqlite.KEEP + 100, "a"))
+    assert [r.number for r in s.segments("live/x", 0)] == [sqlite.KEEP + 100]
+    assert s.holders("live/x", 1) == []
