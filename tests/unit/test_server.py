@@ -172,3 +172,18 @@ def test_gap_entries_serve_an_empty_segment(nodes: tuple[Node, Node, ManualClock
         r = c.get(f"/live/demo/src/{N0 + 5}.ts")
         assert r.status_code == 200 and len(r.content) == 188 and r.content[0] == 0x47
         assert c.get(f"/live/demo/src/{N0 + 9}.ts").status_code == 404
+
+
+def test_cluster_status(nodes: tuple[Node, Node, ManualClock]) -> None:
+    a, _, clock = nodes
+    a.store.heartbeat("a", "http://127.0.0.1:1", clock.now() - 2 * S)
+    a.store.heartbeat("b", "http://127.0.0.1:2", clock.now() - 60 * S)
+    a.store.add_holder("live/demo", N0 + 3, "a")
+    a.store.add_holder("live/demo", N0 + 4, "b")
+    with TestClient(create_app(a, run_pipelines=False)) as c:
+        body = c.get("/cluster").json()
+    assert body["node"] == "a"
+    assert [(n["node"], n["stale"]) for n in body["nodes"]] == [("a", False), ("b", True)]
+    assert body["nodes"][0]["heartbeat_age_s"] == 2.0
+    assert body["streams"]["live/demo"] == {"newest_segment": N0 + 4,
+                                            "newest_by_node": {"a": N0 + 3, "b": N0 + 4}}
