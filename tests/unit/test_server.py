@@ -187,3 +187,24 @@ def test_cluster_status(nodes: tuple[Node, Node, ManualClock]) -> None:
     assert body["nodes"][0]["heartbeat_age_s"] == 2.0
     assert body["streams"]["live/demo"] == {"newest_segment": N0 + 4,
                                             "newest_by_node": {"a": N0 + 3, "b": N0 + 4}}
+
+
+def test_not_ready_while_window_cannot_be_served(nodes: tuple[Node, Node, ManualClock]) -> None:
+    a, b, clock = nodes
+    n = N0 + 5
+    data = b"\x47" * 376
+    a.streams["live/demo"].pipeline.segments.write(n, data)
+    a.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D,
+                                      hashlib.sha256(data).hexdigest(), len(data),
+                                      (n + 1) * D, "a"))
+    clock.t = (n + 1) * D + 2 * S
+    b.streams["live/demo"].pipeline.status.connected = True  # B's input is up
+    with TestClient(create_app(b, run_pipelines=False)) as c:
+        # Just listed: B's own pipeline may still deliver it; not held against B yet.
+        assert c.get("/readyz").status_code == 200
+        clock.advance(5 * S)
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        assert f"[{n}]" in r.json()["streams"]["live/demo"]["reason"]
+        b.streams["live/demo"].pipeline.segments.write(n, data)  # e.g. fetched from a peer
+        assert c.get("/readyz").status_code == 200
