@@ -197,7 +197,7 @@ def test_not_ready_while_window_cannot_be_served(nodes: tuple[Node, Node, Manual
     a.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D,
                                       hashlib.sha256(data).hexdigest(), len(data),
                                       (n + 1) * D, "a"))
-    clock.t = (n + 1) * D + 2 * S
+    clock.t = (n + 1) * D + 3 * S // 2  # listed half a second ago
     b.streams["live/demo"].pipeline.status.connected = True  # B's input is up
     with TestClient(create_app(b, run_pipelines=False)) as c:
         # Just listed: B's own pipeline may still deliver it; not held against B yet.
