@@ -122,11 +122,13 @@ class Node:
         return (number not in numbers and bool(records) and records[0].number < number
                 < records[-1].number)
 
-    async def local_segment(self, rt: StreamRuntime, number: int) -> LocalSegment:
+    async def local_segment(self, rt: StreamRuntime, number: int, *,
+                            from_peers: bool = True) -> LocalSegment:
         """The local file for ``number`` as the timeline lists it.
 
-        Missing here but listed: wait briefly if our own pipeline is still working towards
-        it, otherwise (or after the wait) fetch it from a peer that holds it.
+        Missing here but listed: fetch it from a peer that holds it (the bytes are checked
+        against the timeline's hash, so they are the bytes we would have made); if no peer
+        can give it, wait briefly for our own pipeline.
         """
         segments = rt.pipeline.segments
         records, _ = await self.records(rt)
@@ -140,15 +142,14 @@ class Node:
         newest = records[-1].number if records else None
         if record is None and (newest is None or number != newest + 1):
             raise NotFound(f"segment {number} of {rt.key} is not in the timeline")
-        own_last = rt.pipeline.status.last_number
-        if seg is None and (record is None or own_last is None or own_last < number):
-            seg = await self._wait_local(rt, number)
-            if seg is not None and (record is None or record.sha256 == seg.sha256):
-                return seg
-        if record is not None:
+        if record is not None and from_peers:
             data = await self.peers.fetch(record, self.clock.now())
             if data is not None:
                 return await asyncio.to_thread(segments.write, number, data)
+        if seg is None:
+            seg = await self._wait_local(rt, number)
+            if seg is not None and (record is None or record.sha256 == seg.sha256):
+                return seg
         raise NotFound(f"segment {number} of {rt.key} is not available on this node")
 
     async def _wait_local(self, rt: StreamRuntime, number: int) -> LocalSegment | None:
@@ -364,7 +365,9 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         if await node.is_gap(rt, number):
             return Response(GAP_SEGMENT, media_type=SEGMENT_TYPES["ts"],
                             headers={"Cache-Control": "public, max-age=10", "ETag": _GAP_ETAG})
-        seg = await node.local_segment(rt, number)
+        # A peer asking us never makes us ask another peer: no fetch chains.
+        seg = await node.local_segment(rt, number,
+                                       from_peers="x-sidecar-peer" not in request.headers)
         headers = {
             "ETag": seg.etag,
             "Cache-Control": "public, max-age=31536000, immutable",
