@@ -206,20 +206,39 @@ def machine_cpu() -> tuple[int, int]:
     return total - idle, total
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages divided among sharers), in KiB; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 @dataclass
 class RssSampler:
     """Samples the summed VmRSS of process trees every ``interval`` s in a thread.
 
     ``groups`` maps a label to root PIDs; each sample records the sum per label and the
     per-process values, so both the peak of the sum and per-process peaks are known.
+    PSS (``/proc/PID/smaps_rollup``, ~1 ms per process to read) is sampled only every
+    ``pss_every`` samples to keep the sampler cheap.
     """
 
     groups: dict[str, list[int]]
     interval: float = 0.5
     max_seconds: float = 3600.0
+    pss_every: int = 10
     peak_sum: dict[str, int] = field(default_factory=dict)
+    peak_pss: dict[str, int] = field(default_factory=dict)
+    peak_anon: dict[str, int] = field(default_factory=dict)
     peak_proc: dict[int, int] = field(default_factory=dict)
     samples: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    _count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -228,19 +247,29 @@ class RssSampler:
         self._thread.start()
         return self
 
-    def sample_once(self) -> None:
-        now = time.monotonic()
-        for label, roots in self.groups.items():
-            total = 0
-            for r in roots:
-                for pid in tree(r):
-                    kib = status_kib(pid, "VmRSS").get("VmRSS", 0)
-                    total += kib
-                    if kib > self.peak_proc.get(pid, 0):
-                        self.peak_proc[pid] = kib
-            self.samples.setdefault(label, []).append((now, total))
-            if total > self.peak_sum.get(label, 0):
-                self.peak_sum[label] = total
+    def sample_once(self, pss: bool | None = None) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if pss is None:
+                pss = self._count % self.pss_every == 0
+            self._count += 1
+            for label, roots in self.groups.items():
+                total = anon = pss_total = 0
+                for r in roots:
+                    for pid in tree(r):
+                        st = status_kib(pid, "VmRSS", "RssAnon")
+                        kib = st.get("VmRSS", 0)
+                        total += kib
+                        anon += st.get("RssAnon", 0)
+                        if pss:
+                            pss_total += pss_kib(pid)
+                        if kib > self.peak_proc.get(pid, 0):
+                            self.peak_proc[pid] = kib
+                self.samples.setdefault(label, []).append((now, total))
+                self.peak_sum[label] = max(self.peak_sum.get(label, 0), total)
+                self.peak_anon[label] = max(self.peak_anon.get(label, 0), anon)
+                if pss:
+                    self.peak_pss[label] = max(self.peak_pss.get(label, 0), pss_total)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -257,7 +286,8 @@ class RssSampler:
 
     def rss_at(self, label: str, t: float) -> int | None:
         """The first sample at or after monotonic time ``t``."""
-        for ts, v in self.samples.get(label, []):
-            if ts >= t:
-                return v
+        with self._lock:
+            for ts, v in self.samples.get(label, []):
+                if ts >= t:
+                    return v
         return None
