@@ -100,7 +100,11 @@ class StreamPipeline:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=1.0)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that lands as the get() completes (CPython gh-86296),
+                    # and the pipeline would outlive shutdown.
+                    async with asyncio.timeout(1.0):
+                        item = await queue.get()
                 except TimeoutError:
                     await self.tick()
                     continue

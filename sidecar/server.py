@@ -282,9 +282,10 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            # Bounded: shutdown never hangs on a task, whatever it is doing.
+            _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+            for t in pending:
+                log.error("task %s did not stop within 10 s", t.get_name())
             await node.peers.close()
 
     app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)

@@ -199,3 +199,43 @@ def test_epoch_end_published_when_the_input_stays_away(tmp_path: Path,
     last = store.segments("live/x", after[-1])[0]
     # It ends where its media ends (the last audio frame runs a few ms past 10 s).
     assert 0 <= last.start + last.duration - (WALL0 // D * D + 10 * S) <= 1920
+
+
+class _BusySource:
+    """Delivers packets as fast as the pipeline takes them, forever."""
+
+    description = "busy"
+
+    def __init__(self) -> None:
+        self.packets = sim.arrive(sim.feed(4), WALL0)
+
+    def connect(self, stop: object) -> object:
+        outer = self
+
+        class Conn:
+            opened = sim.opened(WALL0)
+
+            def packets(self) -> object:
+                while True:
+                    yield from outer.packets
+
+            def close(self) -> None:
+                pass
+
+        return Conn()
+
+
+def test_pipeline_stops_promptly_when_cancelled(tmp_path: Path, store: SqliteStore) -> None:
+    """Shutdown cancels each pipeline once; it must end, however busy its queue is."""
+
+    async def go() -> None:
+        for i in range(10):
+            pipe = StreamPipeline(PipelineConfig("live/x", "a", D), _BusySource(),  # type: ignore[arg-type]
+                                  store, SegmentDir(tmp_path / f"s{i}"), ManualClock(WALL0))
+            task = asyncio.create_task(pipe.run())
+            await asyncio.sleep(0.05 + i * 0.01)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=8)
+            assert done, f"pipeline still running after cancel (round {i})"
+
+    asyncio.run(go())
