@@ -26,8 +26,8 @@ def seconds_to_ticks(seconds: float | int | str | Decimal | Fraction) -> int:
 
 def rescale(value: int, time_base: Fraction) -> int:
     """Convert a timestamp in ``time_base`` units to ticks, rounding down (exact for ms and 90k)."""
-    scaled = value * time_base * TICKS_PER_SECOND
-    return scaled.numerator // scaled.denominator
+    # Integer arithmetic: this runs for every packet, and Fraction objects are slow.
+    return value * time_base.numerator * TICKS_PER_SECOND // time_base.denominator
 
 
 def slot_of(u: int, duration: int) -> int:

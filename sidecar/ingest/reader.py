@@ -7,6 +7,7 @@ queue when it is stopped, so the consumer always sees an explicit end.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ class Reader:
         self.thread = threading.Thread(target=self._run, name=f"ingest-{name}", daemon=True)
         self.connected = False
         self.last_error: str | None = None
+        self._outbox: collections.deque[object] = collections.deque()
+        self._lock = threading.Lock()
+        self._wakeup_pending = False
 
     def start(self) -> None:
         self.thread.start()
@@ -84,10 +88,25 @@ class Reader:
         self.thread.join(timeout)
 
     def _put(self, item: object) -> None:
+        # Packets pile up in an outbox; the loop is woken once per batch, not per packet
+        # (each wake-up is a syscall and a loop iteration).
+        with self._lock:
+            self._outbox.append(item)
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # loop closed: nobody is listening any more
             self.stop_event.set()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items = list(self._outbox)
+            self._outbox.clear()
+            self._wakeup_pending = False
+        for item in items:
+            self.queue.put_nowait(item)
 
     def _run(self) -> None:
         delay = self.backoff_initial
