@@ -57,6 +57,12 @@ class SegmentDir:
         return found
 
     def write(self, number: int, data: bytes) -> LocalSegment:
+        """Publish ``data`` as segment ``number``; the same bytes twice are written once."""
+        sha = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            existing = self._index.get(number)
+        if existing is not None and existing.sha256 == sha:
+            return existing
         final = self.path_for(number)
         tmp = self.root / f".{number}.{self.ext}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
@@ -64,7 +70,7 @@ class SegmentDir:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        seg = LocalSegment(number, final, hashlib.sha256(data).hexdigest(), len(data))
+        seg = LocalSegment(number, final, sha, len(data))
         with self._lock:
             self._index[number] = seg
         return seg

@@ -208,3 +208,18 @@ def test_not_ready_while_window_cannot_be_served(nodes: tuple[Node, Node, Manual
         assert f"[{n}]" in r.json()["streams"]["live/demo"]["reason"]
         b.streams["live/demo"].pipeline.segments.write(n, data)  # e.g. fetched from a peer
         assert c.get("/readyz").status_code == 200
+
+
+def test_segment_dir_writes_atomically_and_once(tmp_path: Path) -> None:
+    d = SegmentDir(tmp_path / "s")
+    first = d.write(5, b"abc")
+    mtime = first.path.stat().st_mtime_ns
+    assert d.write(5, b"abc") == first and first.path.stat().st_mtime_ns == mtime
+    (tmp_path / "s" / ".6.ts.123.tmp").write_bytes(b"torn")  # a crash mid-write
+    again = SegmentDir(tmp_path / "s")
+    assert again.recover() == 1
+    assert again.numbers() == [5] and not list((tmp_path / "s").glob(".*.tmp"))
+    d.write(6, b"x")
+    d.write(9, b"y")
+    assert d.prune(7) == 2 and d.numbers() == [9]
+    assert not (tmp_path / "s" / "5.ts").exists()
