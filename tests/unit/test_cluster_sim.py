@@ -25,8 +25,20 @@ D = 2 * S
 WALL0 = 1_800_000_000 * S + 77_777
 
 
+class Skewed:
+    """A node clock off by ``offset`` ticks from the shared one (NTP within 100 ms)."""
+
+    def __init__(self, clock: ManualClock, offset: int) -> None:
+        self.clock = clock
+        self.offset = offset
+
+    def now(self) -> int:
+        return self.clock.now() + self.offset
+
+
 class SimNode:
-    def __init__(self, name: str, root: Path, cluster: Flaky, clock: ManualClock) -> None:
+    def __init__(self, name: str, root: Path, cluster: Flaky,
+                 clock: ManualClock | Skewed) -> None:
         self.name = name
         self.store = MirroredStore(cluster, SqliteStore(root / f"{name}-mirror.db"),  # type: ignore[arg-type]
                                    monotonic=lambda: clock.now() / S)
@@ -69,7 +81,7 @@ def test_cluster_scenarios_in_process(tmp_path: Path) -> None:
             t = p.arrival - WALL0
             flaky.down = store_down[0] <= t < store_down[1]
             if not connected["b"] and t >= b_join:
-                nodes["b"] = SimNode("b", tmp_path, flaky, clock)
+                nodes["b"] = SimNode("b", tmp_path, flaky, Skewed(clock, 100 * 90))
                 await nodes["b"].pipe.handle(sim.opened(p.arrival))
                 connected["b"] = True
             if connected["a"] and a_kill <= t < a_back:
@@ -87,8 +99,8 @@ def test_cluster_scenarios_in_process(tmp_path: Path) -> None:
             for name, node in list(nodes.items()):
                 await deliver(node, p, 30 * 90 if name == "b" else 0)
             if len(nodes) == 2 and int(t) % (S // 2) < 3_600 and not flaky.down:
-                now = clock.now()
-                texts = {n.playlist(now) for n in nodes.values()}
+                # Each node renders with its own (skewed) clock, as it would in production.
+                texts = {n.playlist(n.pipe.clock.now()) for n in nodes.values()}
                 compared += 1
                 equal += len(texts) == 1
 
@@ -110,4 +122,6 @@ def test_cluster_scenarios_in_process(tmp_path: Path) -> None:
     assert a.store.divergences == 0 and b.store.divergences == 0
     # Outside the store outage, both nodes render the same playlist at the same instant
     # nearly always (they differ only in the moments one node has not yet seen a record).
-    assert compared > 50 and equal / compared > 0.9, (equal, compared)
+    # B's clock runs 100 ms ahead: around each new segment there is a 100 ms window in
+    # which B lists it and A does not yet (2 s segments: about 5 % of instants).
+    assert compared > 50 and equal / compared > 0.85, (equal, compared)
