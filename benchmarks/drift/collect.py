@@ -1,8 +1,9 @@
 """Watching the nodes: playlists fetched at the same instant, every listed segment captured.
 
-Once per tick, every node's media playlist is fetched concurrently (one thread per node,
-released together by a barrier). Each sample says, per packager, whether all of its nodes
-that answered returned the same text. Every segment a playlist lists is then captured once
+Four times a second, every node's media playlist is fetched concurrently (one thread per
+node, released together by a barrier). Each sample says, per packager, whether all of its
+nodes that answered returned the same text. Once a second, every segment a playlist lists
+is also captured once
 (HTTP for the sidecar, the file for the peers) with the media sequence number it was first
 listed under; a file that changes in place while listed is captured again as a new version.
 """
@@ -50,6 +51,7 @@ class PlaylistStats:
     samples: int = 0
     equal: int = 0
     partial: int = 0   # samples where some running node had no playlist to give
+    examples: list[str] = field(default_factory=list)   # a few unequal samples
 
 
 @dataclass
@@ -101,15 +103,18 @@ class Collector:
                 out[name] = None
         return out
 
-    def tick(self) -> None:
+    def tick(self, capture: bool = True) -> None:
+        """One same-instant playlist sample; with ``capture``, also fetch what is listed."""
         live = [n for n in self.nodes if not n.down and n.proc.running]
         if not live:
             return
         texts = self._fetch_all(live)
         # -- same-instant playlist comparison, per packager ------------------------------
         by_packager: dict[str, list[str | None]] = {}
+        nodes_of: dict[str, list[Node]] = {}
         for n in live:
             by_packager.setdefault(n.packager, []).append(texts[n.name])
+            nodes_of.setdefault(n.packager, []).append(n)
         for packager, got in by_packager.items():
             if len(got) < 2:
                 continue
@@ -118,7 +123,18 @@ class Collector:
                 st.partial += 1
                 continue
             st.samples += 1
-            st.equal += len(set(got)) == 1
+            if len(set(got)) == 1:
+                st.equal += 1
+            elif len(st.examples) < 3:
+                parts = []
+                for n, text in zip(nodes_of[packager], got, strict=True):
+                    pl = parse_playlist(text)
+                    last = pl.uris[-1] if pl.uris else "-"
+                    parts.append(f"{n.label}: media sequence {pl.media_sequence}, "
+                                 f"{len(pl.uris)} entries, last {last}")
+                st.examples.append(f"t={time.time() - self.t0:.2f}s " + "; ".join(parts))
+        if not capture:
+            return
         # -- capture what is listed ------------------------------------------------------
         now = time.time()
         for n in live:

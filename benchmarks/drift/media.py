@@ -11,9 +11,10 @@ per encoder session. :class:`Reference` indexes those files: hash of the first V
 every video frame -> (session, PTS). A segment's start is then the encoder PTS of its first
 video frame, on one timeline for the whole scenario (``session offset + PTS``).
 
-The same picture can occur twice (the test source restarts from frame 0 after an encoder
-restart, a looped file repeats): occurrences are told apart by when the segment was first
-seen, which is after the frame was sent.
+The test pattern marks each encoder session with its own colour (a small box), so its
+pictures never repeat. With ``--source`` a looped file repeats its pictures: occurrences are
+then told apart by when the segment was first seen (the last occurrence sent before that),
+which is right unless a packager lists a segment later than one loop after it began.
 """
 
 from __future__ import annotations

@@ -101,6 +101,13 @@ class Origin:
         return 0
 
 
+_COLOURS = ("white", "red", "blue", "green", "yellow", "cyan", "magenta", "black")
+
+
+def _session_colour(session: int) -> str:
+    return _COLOURS[session % len(_COLOURS)]
+
+
 class Encoder:
     """ffmpeg publishing testsrc2 + sine with ``-re`` and keyframes every ``keyint`` s.
 
@@ -120,7 +127,7 @@ class Encoder:
         self.sessions: list[tuple[float, Path]] = []
         self.proc = registry.add(Proc(["true"], workdir, "ffmpeg-encoder"))
 
-    def argv(self, ref: Path) -> list[str]:
+    def argv(self, ref: Path, session: int = 0) -> list[str]:
         ffmpeg = require_binary("ffmpeg")
         argv = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-nostats"]
         if self.source is not None:
@@ -132,6 +139,10 @@ class Encoder:
                 "-re", "-f", "lavfi", "-i", f"testsrc2=size={self.size}:rate={self.fps}",
                 "-re", "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=48000",
                 "-map", "0:v", "-map", "1:a",
+                # A small box whose colour changes with every encoder session: the test
+                # pattern restarts from frame 0 after an encoder restart, and the box keeps
+                # the pictures of two sessions apart (frame identity, see media.py).
+                "-vf", f"drawbox=x=0:y=0:w=32:h=32:t=fill:color={_session_colour(session)}",
                 "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
                 "-pix_fmt", "yuv420p", "-threads", "1", "-bf", "0",
                 "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
@@ -145,7 +156,7 @@ class Encoder:
 
     def start(self) -> None:
         ref = self.workdir / f"ref-{len(self.sessions)}.flv"
-        self.proc.argv = self.argv(ref)
+        self.proc.argv = self.argv(ref, len(self.sessions))
         self.proc.start()
         self.sessions.append((time.time(), ref))
 

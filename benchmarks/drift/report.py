@@ -91,7 +91,7 @@ def _code(c: dict[str, Any]) -> str:
         return "the working tree"
     text = f"a snapshot of {c.get('path', '?')} taken at the start (files sha256 {c['sha256']}"
     if "git_commit" in c:
-        text += f", git commit {c['git_commit']}"
+        text += f", last changed in git commit {c['git_commit']}"
         text += ", with uncommitted changes" if c.get("uncommitted_changes") else ", unchanged"
     return text + "), run by every node"
 

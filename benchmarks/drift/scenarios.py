@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import shutil
 import time
@@ -86,7 +87,8 @@ class RunConfig:
     keyint: float = 2.0
     restart_gap: float = 10.0
     encoder_gap: float = 5.0
-    tick: float = 1.0
+    tick: float = 1.0               # capture listed segments this often (s)
+    sample_interval: float = 0.25   # compare same-instant playlists this often (s)
     packagers: tuple[str, ...] = PACKAGERS
     source: Path | None = None
     sidecar_code: Path | None = None  # a directory holding a ``sidecar`` package to run
@@ -134,7 +136,7 @@ def snapshot_sidecar(dest: Path) -> dict[str, Any]:
             return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
-    commit = git("rev-parse", "--short", "HEAD")
+    commit = git("log", "-1", "--format=%h", "--", ".")  # last commit that changed it
     if commit:
         info["git_commit"] = commit
         info["uncommitted_changes"] = bool(git("status", "--porcelain", "--", "."))
@@ -232,8 +234,9 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
         schedule.sort(key=lambda e: e[0])
 
         collector = Collector(nodes)
-        next_tick = 0.0
-        max_iter = int(seconds / min(cfg.tick, 0.2)) + len(schedule) + 20
+        next_sample = next_capture = 0.0
+        sampler = random.Random(7)
+        max_iter = 2 * int(seconds / cfg.sample_interval) + len(schedule) + 20
         for _ in range(max_iter):
             now = time.monotonic() - t0
             if now >= seconds:
@@ -244,16 +247,23 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
                 event_walls.append((time.time(), what))
                 events.append(f"t={now:5.1f}s {what}")
                 echo(f"    t={now:5.1f}s {what}")
-            if now >= next_tick:
-                for n in nodes:
-                    if n.supervise():
-                        msg = f"t={now:5.1f}s {n.name} exited by itself; restarted"
-                        events.append(msg)
-                        echo(f"    {msg}")
-                collector.tick()
-                next_tick += cfg.tick
-            upcoming = min([next_tick, seconds] + [e[0] for e in schedule[:1]])
-            time.sleep(max(0.01, min(1.0, upcoming - (time.monotonic() - t0))))
+            if now >= next_sample:
+                capture = now >= next_capture
+                if capture:
+                    for n in nodes:
+                        if n.supervise():
+                            msg = f"t={now:5.1f}s {n.name} exited by itself; restarted"
+                            events.append(msg)
+                            echo(f"    {msg}")
+                    while next_capture <= now:
+                        next_capture += cfg.tick
+                collector.tick(capture=capture)
+                # Random spacing (mean sample_interval): segment boundaries recur with a
+                # fixed period, so evenly spaced samples would always hit the same phase.
+                while next_sample <= time.monotonic() - t0:
+                    next_sample += cfg.sample_interval * sampler.uniform(0.4, 1.6)
+            upcoming = min([next_sample, seconds] + [e[0] for e in schedule[:1]])
+            time.sleep(max(0.005, min(1.0, upcoming - (time.monotonic() - t0))))
     finally:
         if collector is not None:
             collector.close()
@@ -263,6 +273,9 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
     ref = Reference.load(encoder.sessions)
     if ref.frames == 0:
         problems.append("reference: no video frame read from the encoder's FLV files")
+    if ref.duplicates:
+        notes.append(f"reference: {ref.duplicates} pictures occur twice within one encoder "
+                     "session; told apart by the time their segment was first seen")
     records: list[dict[str, Any]] = []
     dump: list[dict[str, Any]] = []
     boundaries: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -309,6 +322,9 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
         for n in pnodes:
             for msg in collector.logs[n.name].failures:
                 problems.append(f"{n.name}: {msg}")
+        for ex in pl.examples:  # the sidecar promises equal playlists; the peers do not
+            (problems if packager == "sidecar" else notes).append(
+                f"{packager}: playlists differ at {ex}")
         if packager == "sidecar":
             for n in pnodes:
                 text = n.proc.log_path.read_text(errors="replace") if n.proc.log_path.exists() \
