@@ -14,13 +14,13 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, SyncedClock, SystemClock
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.grid import TICKS_PER_SECOND
 from sidecar.hls import RENDITION
 from sidecar.ingest import open_source
 from sidecar.pipeline import PipelineConfig, StreamPipeline
-from sidecar.server import Node, StreamRuntime, create_app
+from sidecar.server import Node, StreamRuntime, create_app, sync_clock
 from sidecar.settings import Settings, StreamSpec, load_settings
 from sidecar.storage import SegmentDir
 from sidecar.store import open_store
@@ -33,9 +33,12 @@ DEFAULT_STREAM = "live/demo=synthetic:"
 
 def build_node(settings: Settings, clock: Clock | None = None) -> Node:
     """Wire store, sources and pipelines for every configured stream."""
-    clock = clock or SystemClock(settings.clock_offset_ms * TICKS_PER_SECOND // 1000)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store, settings.data_dir)
+    if clock is None:
+        host = SystemClock(settings.clock_offset_ms * TICKS_PER_SECOND // 1000)
+        # With a store that keeps time (Redis), every node runs on the store's clock.
+        clock = SyncedClock(host) if hasattr(store, "time") else host
     streams: dict[str, StreamRuntime] = {}
     for spec in settings.streams:
         segdir = SegmentDir(settings.data_dir / "segments" / spec.app / spec.name / RENDITION)
@@ -49,7 +52,9 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
                              duration=settings.duration_ticks,
                              keep_segments=settings.window + settings.retain_extra)
         streams[spec.key] = StreamRuntime(spec, StreamPipeline(cfg, source, store, segdir, clock))
-    return Node(settings, store, clock, streams)
+    node = Node(settings, store, clock, streams)
+    sync_clock(node)  # before any pipeline stamps a packet
+    return node
 
 
 def _setup_logging(level: str, node: str) -> None:

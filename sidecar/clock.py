@@ -39,6 +39,38 @@ class ManualClock:
         self.t += ticks
 
 
+class SyncedClock:
+    """The host clock corrected to a shared reference (Redis ``TIME``): cluster time.
+
+    Playlists list a segment a fixed delay after its first publication, judged by each
+    node's clock; with one reference clock for all nodes, host clock skew no longer makes
+    two nodes disagree at the same instant.
+    """
+
+    max_rtt = 9_000  # 100 ms: a slower round trip says little about the offset
+
+    def __init__(self, base: Clock) -> None:
+        self.base = base
+        self.offset = 0
+        self.synced = False
+
+    def now(self) -> int:
+        return self.base.now() + self.offset
+
+    def observe(self, reference: int, sent: int, received: int) -> int | None:
+        """Take a reference reading made between ``sent`` and ``received`` (base clock).
+
+        Returns the change of offset in ticks, or ``None`` if the sample was rejected.
+        """
+        if received - sent > self.max_rtt:
+            return None
+        offset = reference - (sent + received) // 2
+        change = offset - self.offset
+        self.offset = offset
+        self.synced = True
+        return change
+
+
 @dataclass(frozen=True, slots=True)
 class Placed:
     """A packet's input timestamps in ticks (unwrapped), before anchoring."""

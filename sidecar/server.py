@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sidecar import __version__
-from sidecar.clock import Clock
+from sidecar.clock import Clock, SyncedClock
 from sidecar.errors import BadRequest, NotFound, SidecarError, StoreError
 from sidecar.grid import TICKS_PER_SECOND, seconds_to_ticks
 from sidecar.hls import (
@@ -395,9 +395,26 @@ def _playlist_response(body: str, request: Request) -> Response:
     return Response(body, media_type=PLAYLIST_TYPE, headers=headers)
 
 
+def sync_clock(node: Node) -> None:
+    """Correct the node's clock to the cluster store's (when the store keeps time)."""
+    clock, time_fn = node.clock, getattr(node.store, "time", None)
+    if not isinstance(clock, SyncedClock) or time_fn is None:
+        return
+    sent = clock.base.now()
+    reference = time_fn()
+    received = clock.base.now()
+    if reference is None:
+        return
+    first = not clock.synced
+    change = clock.observe(reference, sent, received)
+    if change is not None and (first or abs(change) > 4_500):
+        log.info("clock: cluster time is %+d ms from this host's", clock.offset // 90)
+
+
 async def _heartbeat(node: Node) -> None:
     while True:
         try:
+            await asyncio.to_thread(sync_clock, node)
             await asyncio.to_thread(node.store.heartbeat, node.settings.node_id,
                                     node.settings.base_url, node.clock.now())
         except StoreError as exc:

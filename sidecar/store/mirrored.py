@@ -109,6 +109,11 @@ class MirroredStore:
         with self._lock:
             self._queue.append((kind, item))
 
+    def time(self) -> int | None:
+        """The cluster store's clock, or ``None`` while it is unreachable."""
+        time_fn = getattr(self.remote, "time", None)
+        return None if time_fn is None else self._remote(time_fn)
+
     # -- epochs ----------------------------------------------------------------------
 
     def latest_epoch(self, stream: str) -> Epoch | None:

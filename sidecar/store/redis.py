@@ -80,6 +80,11 @@ class RedisStore:
     def ping(self) -> None:
         self._call(self.r.ping)
 
+    def time(self) -> int:
+        """The Redis server's clock in ticks: the cluster's reference time."""
+        seconds, micros = self._call(self.r.time)
+        return int(seconds) * 90_000 + int(micros) * 9 // 100
+
     # -- epochs ----------------------------------------------------------------------
 
     def latest_epoch(self, stream: str) -> Epoch | None:

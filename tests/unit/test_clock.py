@@ -112,3 +112,25 @@ def test_clocks() -> None:
     assert c.now() == 15
     a, b = SystemClock(), SystemClock(offset_ticks=9_000)
     assert 8_000 < b.now() - a.now() < 10_000 + 9_000
+
+
+@pytest.mark.parametrize(
+    ("reference", "sent", "received", "offset"),
+    [
+        (1_000, 0, 0, 1_000),
+        (10_000, 9_000, 9_100, 950),      # the reading was taken mid round trip
+        (5_000, 6_000, 6_000, -1_000),    # this host runs ahead
+        (10_000, 0, 9_001, None),         # round trip over 100 ms: rejected
+    ],
+)
+def test_synced_clock_observe(reference: int, sent: int, received: int,
+                              offset: int | None) -> None:
+    from sidecar.clock import SyncedClock
+
+    c = SyncedClock(ManualClock(100))
+    change = c.observe(reference, sent, received)
+    if offset is None:
+        assert change is None and c.offset == 0 and not c.synced
+    else:
+        assert change == offset and c.offset == offset and c.synced
+        assert c.now() == 100 + offset

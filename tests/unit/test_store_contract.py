@@ -128,3 +128,25 @@ def test_sqlite_forgets_records_beyond_keep(tmp_path: Path) -> None:
     s.put_segment(seg(sqlite.KEEP + 100, "a"))
     assert [r.number for r in s.segments("live/x", 0)] == [sqlite.KEEP + 100]
     assert s.holders("live/x", 1) == []
+
+
+def test_nodes_share_the_redis_clock(tmp_path: Path) -> None:
+    """Two nodes whose host clocks disagree by 100 ms agree once both follow Redis TIME."""
+    from sidecar.cli import build_node
+    from sidecar.settings import load_settings
+
+    registry = ProcessRegistry()
+    server = RedisServer(tmp_path / "redis", registry=registry).start()
+    try:
+        clocks = []
+        for name, skew in (("a", 0), ("b", 100)):
+            settings = load_settings(node_id=name, data_dir=tmp_path / name, store=server.url,
+                                     clock_offset_ms=skew, streams=["live/x=synthetic:"])
+            node = build_node(settings)
+            clocks.append(node.clock)
+        a, b = clocks
+        assert abs(a.now() - b.now()) < 20 * 90  # within 20 ms, though the hosts differ by 100
+        reference = RedisStore(server.url).time()
+        assert abs(a.now() - reference) < 50 * 90
+    finally:
+        registry.stop_all()
