@@ -33,6 +33,13 @@ def serve(body: bytes) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+async def fetch_once(fetcher: PeerFetcher, record: SegmentRecord) -> bytes | None:
+    try:
+        return await fetcher.fetch(record, NOW)
+    finally:
+        await fetcher.close()
+
+
 @pytest.fixture
 def servers() -> Iterator[dict[str, str]]:
     started = {name: serve(body) for name, body in
@@ -55,13 +62,7 @@ def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
     store.heartbeat("stale", servers["stale"], NOW - STALE_AFTER - 1)
     fetcher = PeerFetcher(store, "me")
 
-    async def go() -> bytes | None:
-        try:
-            return await fetcher.fetch(record, NOW)
-        finally:
-            await fetcher.close()
-
-    assert asyncio.run(go()) == GOOD
+    assert asyncio.run(fetch_once(fetcher, record)) == GOOD
     assert fetcher.rejected == 1 and fetcher.fetched == 1
 
 
@@ -72,11 +73,5 @@ def test_no_trustworthy_peer_means_none(tmp_path: Path, servers: dict[str, str])
     store.heartbeat("a-liar", servers["a-liar"], NOW)
     fetcher = PeerFetcher(store, "me")
 
-    async def go() -> bytes | None:
-        try:
-            return await fetcher.fetch(record, NOW)
-        finally:
-            await fetcher.close()
-
-    assert asyncio.run(go()) is None
+    assert asyncio.run(fetch_once(fetcher, record)) is None
     assert fetcher.rejected == 1
