@@ -55,6 +55,7 @@ class StreamRuntime:
     pipeline: StreamPipeline
     _cache: tuple[float, list[SegmentRecord], dict[int, int]] | None = field(default=None)
     missing: list[int] = field(default_factory=list)
+    _firsts_at: float = 0.0
 
     @property
     def key(self) -> str:
@@ -88,7 +89,12 @@ class Node:
             return rt._cache[1], rt._cache[2]
         limit = self.settings.window + 16
         records = await asyncio.to_thread(self.store.recent, rt.key, limit)
-        firsts = await asyncio.to_thread(self.store.epoch_first_numbers, rt.key)
+        # Epoch starts change only when a new epoch appears: ask again then (or every 10 s).
+        firsts = rt._cache[2] if rt._cache is not None else None
+        if (firsts is None or now - rt._firsts_at > 10
+                or any(r.epoch not in firsts for r in records)):
+            firsts = await asyncio.to_thread(self.store.epoch_first_numbers, rt.key)
+            rt._firsts_at = now
         rt._cache = (now, records, firsts)
         return records, firsts
 
@@ -241,7 +247,7 @@ class Node:
                     rt.missing = missing
             except StoreError as exc:
                 log.debug("backfill skipped: %s", exc)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
 
     async def cluster(self) -> dict[str, object]:
         now = self.clock.now()
