@@ -15,7 +15,7 @@ import typer
 import uvicorn
 
 from sidecar.clock import Clock, SyncedClock, SystemClock
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.errors import SidecarError
 from sidecar.grid import TICKS_PER_SECOND
 from sidecar.hls import RENDITION
 from sidecar.ingest import open_source
@@ -160,4 +160,4 @@ def main() -> None:  # pragma: no cover
 if __name__ == "__main__":  # pragma: no cover
     app()
 
-__all__ = ["ConfigError", "app", "build_node"]
+__all__ = ["app", "build_node"]

@@ -33,9 +33,6 @@ class InputOpened:
     tracks: tuple[TrackInfo, ...]
     wrap_bits: int | None
     arrival: int
-    # True when the source cannot have sent anything before this connection (a
-    # synthetic source, or a file opened from its start).
-    from_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

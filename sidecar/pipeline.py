@@ -54,7 +54,6 @@ class _Run:
     tracks: tuple[TrackInfo, ...]
     timeline: InputTimeline
     opened: InputOpened
-    first_t: int | None = None
     segmenter: Segmenter | None = None
     epoch: Epoch | None = None
     # Packets held while the epoch is being recognised (see ``_settled``).
@@ -71,7 +70,6 @@ class StreamStatus:
     divergent: int = 0
     mux_errors: int = 0
     last_error: str | None = None
-    events: list[str] = field(default_factory=list)
 
 
 class StreamPipeline:
@@ -246,7 +244,6 @@ class StreamPipeline:
         publish_from = epoch.grid(epoch.t0) if saw_start else epoch.grid(t) + self.cfg.join_margin
         driver = "video" if any(tr.kind == "video" for tr in run.tracks) else "audio"
         run.epoch = epoch
-        run.first_t = t
         run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver,
                                   others=len(run.tracks) > 1)
         self.status.epoch = epoch.index

@@ -147,7 +147,7 @@ class PyAVSource:
 
     def __init__(self, url: str, clock: Clock, *, open_timeout: float, read_timeout: float,
                  fmt: str | None = None, options: dict[str, str] | None = None,
-                 realtime: bool = False, from_start: bool = False) -> None:
+                 realtime: bool = False) -> None:
         self.url = url
         self.clock = clock
         self.open_timeout = open_timeout
@@ -155,7 +155,6 @@ class PyAVSource:
         self.fmt = fmt
         self.options = options or {}
         self.realtime = realtime
-        self.from_start = from_start
         self.description = url
 
     @classmethod
@@ -188,8 +187,7 @@ class PyAVSource:
                                      else "mpegts")
         src = cls(target, clock, open_timeout=open_timeout, read_timeout=read_timeout,
                   fmt=fmt, options=options,
-                  realtime=is_file and mine.get("realtime", "1") in ("1", "true"),
-                  from_start=is_file)
+                  realtime=is_file and mine.get("realtime", "1") in ("1", "true"))
         if is_file and loop:
             from sidecar.ingest.looping import LoopingSource
 
@@ -214,5 +212,5 @@ class PyAVSource:
             raise
         fmt_names = set(container.format.name.split(","))
         wrap = next((_WRAP_BITS[n] for n in fmt_names if n in _WRAP_BITS), None)
-        opened = InputOpened(tracks, wrap, arrival, from_start=self.from_start)
+        opened = InputOpened(tracks, wrap, arrival)
         return PyAVConnection(container, opened, mapping, self.clock, self.realtime, stop)

@@ -186,12 +186,11 @@ class SyntheticConnection:
         self.cfg = cfg
         self.clock = clock
         self.stop = stop
-        self.opened = InputOpened(tracks, None, clock.now(), from_start=False)
+        self.opened = InputOpened(tracks, None, clock.now())
 
     def packets(self) -> Iterator[RawPacket]:
         cfg = self.cfg
         gop_ticks = cfg.gop * cfg.frame_ticks
-        block_ticks = _AUDIO_BLOCK * _AAC_FRAME * TICKS_PER_SECOND // SAMPLE_RATE
         start = self.clock.now()
         g = start // gop_ticks
         b = start * SAMPLE_RATE // TICKS_PER_SECOND // _AAC_FRAME // _AUDIO_BLOCK
@@ -221,7 +220,6 @@ class SyntheticConnection:
                 time.sleep(min((p.dts - now) / TICKS_PER_SECOND, 0.2))
                 now = self.clock.now()
             yield RawPacket(p.track, p.pts, p.dts, p.duration, _TB, p.keyframe, p.data, now)
-        del gop_ticks, block_ticks
 
     def close(self) -> None:
         pass
