@@ -272,15 +272,14 @@ class StreamPipeline:
             log.error("stream %s: segment %d not published: %s", stream, cut.number, exc)
             return
         sha = hashlib.sha256(data).hexdigest()
-        existing = self.segments.get(cut.number)
-        if existing is None or existing.sha256 != sha:
-            await asyncio.to_thread(self.segments.write, cut.number, data)
         record = SegmentRecord(stream, cut.number, epoch.index, cut.start, cut.duration, sha,
                                len(data), self.clock.now(), self.cfg.node)
         stored = await asyncio.to_thread(self.store.put_segment, record)
         if stored.sha256 == sha:
+            await asyncio.to_thread(self.segments.write, cut.number, data)
             await asyncio.to_thread(self.store.add_holder, stream, cut.number, self.cfg.node)
         else:
+            # Never keep bytes the timeline does not list: backfill fetches its version.
             self.status.divergent += 1
             log.warning("stream %s: segment %d differs from the timeline's (node %s): "
                         "ours %s.., theirs %s..", stream, cut.number, stored.node, sha[:12],
