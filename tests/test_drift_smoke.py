@@ -22,7 +22,6 @@ def test_two_sidecar_nodes_publish_identical_segments(tmp_path: Path) -> None:
     cfg = RunConfig(nodes=2, seconds=20.0, segment_duration=2.0, keyint=1.0,
                     packagers=("sidecar",))
     res = run_scenario(SCENARIOS["identical"], cfg, tmp_path)
-    assert res.elapsed < 60, f"smoke scenario took {res.elapsed:.0f} s"
     (rec,) = res.records
     detail = f"record: {rec}\nevents: {res.events}\nproblems: {res.problems}"
     assert rec["segments"] >= 3, detail
