@@ -276,7 +276,7 @@ class StreamPipeline:
                                len(data), self.clock.now(), self.cfg.node)
         stored = await asyncio.to_thread(self.store.put_segment, record)
         if stored.sha256 == sha:
-            await asyncio.to_thread(self.segments.write, cut.number, data)
+            await asyncio.to_thread(self.segments.write, cut.number, data, sha)
             await asyncio.to_thread(self.store.add_holder, stream, cut.number, self.cfg.node)
         else:
             # Never keep bytes the timeline does not list: backfill fetches its version.

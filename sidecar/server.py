@@ -151,7 +151,7 @@ class Node:
         if record is not None and from_peers:
             data = await self.peers.fetch(record, self.clock.now())
             if data is not None:
-                return await asyncio.to_thread(segments.write, number, data)
+                return await asyncio.to_thread(segments.write, number, data, record.sha256)
         if seg is None:
             seg = await self._wait_local(rt, number)
             if seg is not None and (record is None or record.sha256 == seg.sha256):
@@ -200,7 +200,7 @@ class Node:
             if fetch:
                 data = await self.peers.fetch(record, now)
                 if data is not None:
-                    await asyncio.to_thread(pipe.segments.write, e.number, data)
+                    await asyncio.to_thread(pipe.segments.write, e.number, data, record.sha256)
                     continue
             missing.append(e.number)
         return missing, records[-1].available_at if records else None

@@ -56,9 +56,12 @@ class SegmentDir:
             found += 1
         return found
 
-    def write(self, number: int, data: bytes) -> LocalSegment:
-        """Publish ``data`` as segment ``number``; the same bytes twice are written once."""
-        sha = hashlib.sha256(data).hexdigest()
+    def write(self, number: int, data: bytes, sha256: str | None = None) -> LocalSegment:
+        """Publish ``data`` as segment ``number``; the same bytes twice are written once.
+
+        ``sha256``: the caller's hash of ``data``, when it has one (it is not computed twice).
+        """
+        sha = sha256 or hashlib.sha256(data).hexdigest()
         with self._lock:
             existing = self._index.get(number)
         if existing is not None and existing.sha256 == sha:
