@@ -17,16 +17,16 @@ import uvicorn
 from sidecar.clock import Clock, SyncedClock, SystemClock
 from sidecar.errors import SidecarError
 from sidecar.grid import TICKS_PER_SECOND
-from sidecar.hls import RENDITION
 from sidecar.ingest import open_source
+from sidecar.node import Node, StreamRuntime
 from sidecar.pipeline import PipelineConfig, StreamPipeline
-from sidecar.server import Node, StreamRuntime, create_app, sync_clock
+from sidecar.server import create_app, sync_clock
 from sidecar.settings import Settings, StreamSpec, load_settings
-from sidecar.storage import SegmentDir
+from sidecar.storage import StreamFiles
 from sidecar.store import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Segment-synchronizing HLS packager sidecar.")
+                  help="Segment-synchronizing HLS/DASH packager sidecar.")
 
 DEFAULT_STREAM = "live/demo=synthetic:"
 
@@ -41,8 +41,11 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
         clock = SyncedClock(host) if hasattr(store, "time") else host
     streams: dict[str, StreamRuntime] = {}
     for spec in settings.streams:
-        segdir = SegmentDir(settings.data_dir / "segments" / spec.app / spec.name / RENDITION)
-        recovered = segdir.recover()
+        outputs = settings.outputs_for(spec.key)
+        parts = (("ts",) if "ts" in outputs else ()) + (
+            ("video", "audio") if "cmaf" in outputs else ())
+        files = StreamFiles(settings.data_dir / "segments" / spec.app / spec.name, parts)
+        recovered = files.recover()
         if recovered:
             logging.getLogger("sidecar").info("stream %s: %d segments recovered from disk",
                                               spec.key, recovered)
@@ -50,8 +53,9 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
                              read_timeout=settings.read_timeout)
         cfg = PipelineConfig(stream=spec.key, node=settings.node_id,
                              duration=settings.duration_ticks,
-                             keep_segments=settings.window + settings.retain_extra)
-        streams[spec.key] = StreamRuntime(spec, StreamPipeline(cfg, source, store, segdir, clock))
+                             keep_segments=settings.window + settings.retain_extra,
+                             outputs=outputs)
+        streams[spec.key] = StreamRuntime(spec, StreamPipeline(cfg, source, store, files, clock))
     node = Node(settings, store, clock, streams)
     sync_clock(node)  # before any pipeline stamps a packet
     return node
@@ -84,6 +88,11 @@ def serve(
         help="Skew this node's clock (testing).")] = None,
     advertise_url: Annotated[str | None, typer.Option(help="URL peers use to reach us.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    outputs: Annotated[str | None, typer.Option(
+        help="Outputs for every stream: ts (MPEG-TS HLS), cmaf (fMP4 HLS + DASH); "
+             "default ts,cmaf.")] = None,
+    stream_outputs: Annotated[list[str] | None, typer.Option(
+        help="APP/NAME=OUTPUTS, repeatable: this stream's outputs instead of --outputs.")] = None,
 ) -> None:
     """Package live streams into grid-aligned HLS and serve them over HTTP."""
     try:
@@ -91,7 +100,8 @@ def serve(
             config, node_id=node_id, listen=listen, data_dir=data_dir,
             segment_duration=segment_duration, window=window, streams=stream or None,
             store=store, publish_delay=publish_delay, clock_offset_ms=clock_offset_ms,
-            advertise_url=advertise_url, log_level=log_level)
+            advertise_url=advertise_url, log_level=log_level, outputs=outputs,
+            stream_outputs=stream_outputs or None)
         if not settings.streams:
             settings.streams = [StreamSpec.parse(DEFAULT_STREAM)]
         _setup_logging(settings.log_level, settings.node_id)
@@ -101,8 +111,11 @@ def serve(
         raise typer.Exit(2) from exc
     log = logging.getLogger("sidecar")
     for key, rt in node.streams.items():
-        log.info("stream %s <- %s: http://%s/%s/playlist.m3u8", key, rt.spec.input,
-                 settings.listen, key)
+        base = f"http://{settings.listen}/{key}"
+        urls = ([f"{base}/playlist.m3u8"] if "ts" in rt.pipeline.cfg.outputs else []) + (
+            [f"{base}/cmaf.m3u8", f"{base}/manifest.mpd"]
+            if "cmaf" in rt.pipeline.cfg.outputs else [])
+        log.info("stream %s <- %s: %s", key, rt.spec.input, " ".join(urls))
     uvicorn.run(create_app(node), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
 
@@ -127,7 +140,9 @@ def demo(
                    "--store", str(store), "--segment-duration", segment_duration,
                    "--stream", DEFAULT_STREAM]
             procs.append(subprocess.Popen(cmd))
-            typer.echo(f"node {node}: http://127.0.0.1:{port}/live/demo/playlist.m3u8")
+            base = f"http://127.0.0.1:{port}/live/demo"
+            typer.echo(f"node {node}: {base}/playlist.m3u8 (HLS, TS)  {base}/cmaf.m3u8 "
+                       f"(HLS, fMP4)  {base}/manifest.mpd (DASH)")
             if i == 0:
                 time.sleep(3.7)  # b joins late, as in the cluster promise
         typer.echo("Play either URL (ffplay, VLC, hls.js); the two nodes serve the same "

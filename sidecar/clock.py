@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.grid import TICKS_PER_SECOND, Unwrapper, rescale
-from sidecar.model import Epoch, RawPacket
+from sidecar.model import Epoch, RawPacket, TrackDesc
 
 
 class Clock(Protocol):
@@ -144,6 +144,7 @@ def propose_epoch(
     node: str,
     codecs: str = "",
     resolution: str = "",
+    tracks: tuple[TrackDesc, ...] = (),
 ) -> Epoch:
     """A new epoch whose first packet lands exactly on a slot boundary.
 
@@ -165,4 +166,5 @@ def propose_epoch(
         node=node,
         codecs=codecs,
         resolution=resolution,
+        tracks=tracks,
     )

@@ -21,6 +21,8 @@ class TrackInfo:
     height: int = 0
     sample_rate: int = 0
     channels: int = 0
+    # Nominal frame rate (``"25"``, ``"30000/1001"``) for FRAME-RATE and DASH @frameRate.
+    frame_rate: str = ""
     # A PyAV stream that holds the codec parameters (extradata etc.), owned by a
     # never-written holder container so it outlives the input connection.
     template: Any = field(default=None, compare=False, repr=False)
@@ -75,6 +77,38 @@ class GridPacket:
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """One file of a segment or of an epoch's init: which output it is, its hash and size.
+
+    Names: ``ts`` (the MPEG-TS segment), ``video`` and ``audio`` (CMAF tracks).
+    """
+
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackDesc:
+    """What the manifests need of one track, fixed for an epoch.
+
+    ``init`` is the track's CMAF init segment as the epoch's creator muxed it (every node
+    serves exactly those bytes); ``None`` with ``unsupported`` set when the codec cannot go
+    into CMAF.
+    """
+
+    kind: Kind
+    codec: str
+    width: int = 0
+    height: int = 0
+    frame_rate: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+    init: Part | None = None
+    unsupported: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Epoch:
     """A continuous run of input timestamps and the one anchor every node uses for it.
 
@@ -92,6 +126,10 @@ class Epoch:
     node: str
     codecs: str = ""
     resolution: str = ""
+    tracks: tuple[TrackDesc, ...] = ()
+
+    def track(self, kind: Kind) -> TrackDesc | None:
+        return next((t for t in self.tracks if t.kind == kind), None)
 
     def grid(self, t: int) -> int:
         return self.anchor + t
@@ -123,11 +161,13 @@ class SegmentRecord:
     epoch: int
     start: int
     duration: int
-    sha256: str
-    size: int
+    parts: tuple[Part, ...]
     available_at: int
     node: str
 
     @property
     def end(self) -> int:
         return self.start + self.duration
+
+    def part(self, name: str) -> Part | None:
+        return next((p for p in self.parts if p.name == name), None)

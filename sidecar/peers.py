@@ -9,8 +9,8 @@ import logging
 import httpx
 
 from sidecar.grid import TICKS_PER_SECOND
-from sidecar.hls import RENDITION, segment_uri
-from sidecar.model import SegmentRecord
+from sidecar.model import Part, SegmentRecord
+from sidecar.storage import OUTPUTS, InitDir
 from sidecar.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -36,20 +36,33 @@ class PeerFetcher:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         return self._client
 
-    async def fetch(self, record: SegmentRecord, now: int) -> bytes | None:
-        """Bytes of ``record`` from a live peer that holds it, or ``None``.
+    async def fetch(self, record: SegmentRecord, now: int, part: str = "ts") -> bytes | None:
+        """Bytes of ``record``'s ``part`` from a live peer that holds it, or ``None``.
 
         A peer whose bytes do not hash to the timeline's SHA-256 is not trusted; the next
         holder is tried. Stale peers (no recent heartbeat) are skipped.
         """
+        want = record.part(part)
+        if want is None:
+            return None
+        out = OUTPUTS[part]
         holders = await asyncio.to_thread(self.store.holders, record.stream, record.number)
+        path = f"{record.stream}/{out.directory}/{record.number}.{out.ext}"
+        return await self._get(holders, path, want, now)
+
+    async def fetch_init(self, stream: str, epoch: int, init: Part, now: int) -> bytes | None:
+        """An epoch's CMAF init segment from any live peer (every node of the epoch has it)."""
+        nodes = [n.node for n in await asyncio.to_thread(self.store.nodes)]
+        path = f"{stream}/{OUTPUTS[init.name].directory}/{InitDir.name(epoch)}"
+        return await self._get(nodes, path, init, now)
+
+    async def _get(self, holders: list[str], path: str, want: Part, now: int) -> bytes | None:
         nodes = {n.node: n for n in await asyncio.to_thread(self.store.nodes)}
         for holder in holders:
             info = nodes.get(holder)
             if holder == self.node or info is None or now - info.heartbeat > STALE_AFTER:
                 continue
-            url = (f"{info.url.rstrip('/')}/{record.stream}/{RENDITION}/"
-                   f"{segment_uri(record.number)}")
+            url = f"{info.url.rstrip('/')}/{path}"
             try:
                 r = await self._http().get(url, headers={"X-Sidecar-Peer": self.node})
             except httpx.HTTPError as exc:
@@ -57,10 +70,9 @@ class PeerFetcher:
                 continue
             if r.status_code != 200:
                 continue
-            if hashlib.sha256(r.content).hexdigest() != record.sha256:
+            if hashlib.sha256(r.content).hexdigest() != want.sha256:
                 self.rejected += 1
-                log.warning("peer %s sent wrong bytes for %s %d: not trusted", holder,
-                            record.stream, record.number)
+                log.warning("peer %s sent wrong bytes for %s: not trusted", holder, path)
                 continue
             self.fetched += 1
             return r.content

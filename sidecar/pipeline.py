@@ -21,13 +21,16 @@ from sidecar.model import (
     GridPacket,
     InputClosed,
     InputOpened,
+    Part,
     RawPacket,
     SegmentRecord,
+    TrackDesc,
     TrackInfo,
 )
+from sidecar.mux import fmp4
 from sidecar.mux.ts import MuxError, mux_ts
 from sidecar.segmenter import Segmenter
-from sidecar.storage import SegmentDir
+from sidecar.storage import StreamFiles
 from sidecar.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class PipelineConfig:
     # An input away this long has ended its epoch: its open segment is published as is.
     epoch_end_timeout: int = 12 * TICKS_PER_SECOND
     keep_segments: int = 16
+    # Output families: "ts" (MPEG-TS HLS), "cmaf" (fMP4 HLS and DASH).
+    outputs: tuple[str, ...] = ("ts", "cmaf")
 
 
 @dataclass
@@ -56,6 +61,8 @@ class _Run:
     opened: InputOpened
     segmenter: Segmenter | None = None
     epoch: Epoch | None = None
+    # The CMAF tracks muxed in this epoch (empty: no CMAF output), with their init bytes.
+    cmaf: tuple[TrackInfo, ...] = ()
     # Packets held while the epoch is being recognised (see ``_settled``).
     pending: list[tuple[RawPacket, Placed]] = field(default_factory=list)
 
@@ -70,15 +77,16 @@ class StreamStatus:
     divergent: int = 0
     mux_errors: int = 0
     last_error: str | None = None
+    cmaf_error: str | None = None
 
 
 class StreamPipeline:
     def __init__(self, cfg: PipelineConfig, source: Source, store: TimelineStore,
-                 segments: SegmentDir, clock: Clock) -> None:
+                 files: StreamFiles, clock: Clock) -> None:
         self.cfg = cfg
         self.source = source
         self.store = store
-        self.segments = segments
+        self.files = files
         self.clock = clock
         self.status = StreamStatus()
         self.published = asyncio.Condition()
@@ -210,8 +218,75 @@ class StreamPipeline:
         video = next((t for t in run.tracks if t.kind == "video"), None)
         return codecs, f"{video.width}x{video.height}" if video else ""
 
+    def _describe(self, run: _Run) -> tuple[tuple[TrackDesc, ...], dict[str, bytes]]:
+        """Track descriptions for a new epoch, with CMAF init segments when CMAF is on.
+
+        Blocking (muxes the inits): runs in a worker thread. A codec CMAF cannot carry
+        turns CMAF off for the whole epoch; the TS output is not affected.
+        """
+        first: dict[str, bytes] = {}
+        for raw, _ in run.pending:  # decoder configuration when the codec has none
+            kind = run.tracks[raw.track].kind
+            if kind not in first and (raw.keyframe or kind == "audio"):
+                first[kind] = raw.data
+        want = "cmaf" in self.cfg.outputs
+        reasons = [r for t in run.tracks if (r := fmp4.unsupported_reason(t))] if want else []
+        inits: dict[str, bytes] = {}
+        descs = []
+        for t in run.tracks:
+            init: Part | None = None
+            codec = t.codec_string
+            if want and not reasons:
+                try:
+                    data = fmp4.init_segment(t, first_keyframe=first.get(t.kind))
+                    codec = fmp4.codec_string(t, first_keyframe=first.get(t.kind))
+                except MuxError as exc:
+                    reasons.append(str(exc))
+                else:
+                    inits[t.kind] = data
+                    init = Part(t.kind, hashlib.sha256(data).hexdigest(), len(data))
+            descs.append(TrackDesc(t.kind, codec, t.width, t.height, t.frame_rate,
+                                   t.sample_rate, t.channels, init,
+                                   fmp4.unsupported_reason(t) or ""))
+        if reasons:  # all CMAF tracks of an epoch, or none
+            inits = {}
+            descs = [TrackDesc(d.kind, d.codec, d.width, d.height, d.frame_rate,
+                               d.sample_rate, d.channels, None, d.unsupported) for d in descs]
+        self.status.cmaf_error = "; ".join(reasons) or None
+        return tuple(descs), inits
+
+    def _adopt_inits(self, run: _Run, epoch: Epoch, inits: dict[str, bytes]) -> None:
+        """Decide this run's CMAF tracks from the epoch; keep our inits where they match.
+
+        The epoch's creator decided whether the epoch has CMAF output (its track
+        descriptions carry the init hashes); we mux CMAF media exactly when it does. An init
+        of ours that differs (or that we could not make) is not served: backfill fetches
+        the timeline's from a peer.
+        """
+        run.cmaf = ()
+        if "cmaf" not in self.cfg.outputs:
+            return
+        ours = []
+        for t in run.tracks:
+            desc = epoch.track(t.kind)
+            if desc is None or desc.init is None:
+                return
+            data = inits.get(t.kind)
+            sha = hashlib.sha256(data).hexdigest() if data is not None else None
+            if data is not None and sha == desc.init.sha256:
+                self.files.inits[t.kind].write(epoch.index, data, sha)
+            else:
+                log.warning("stream %s: our %s init for epoch %d is not the timeline's; "
+                            "it will come from a peer", self.cfg.stream, t.kind, epoch.index)
+            ours.append(t)
+        run.cmaf = tuple(ours)
+
     async def _enter_epoch(self, run: _Run, t: int, arrival: int) -> None:
         codecs, resolution = self._codecs(run)
+        descs, inits = await asyncio.to_thread(self._describe, run)
+        if self.status.cmaf_error:
+            log.warning("stream %s: no CMAF output for this epoch: %s", self.cfg.stream,
+                        self.status.cmaf_error)
         latest = await asyncio.to_thread(self.store.latest_epoch, self.cfg.stream)
         epoch: Epoch | None = None
         for _ in range(3):
@@ -225,7 +300,8 @@ class StreamPipeline:
             last = max((n for n in (stored_last, self._max_cut) if n is not None), default=None)
             proposal = propose_epoch(self.cfg.stream, latest, t, arrival,
                                      duration=self.cfg.duration, last_number=last,
-                                     node=self.cfg.node, codecs=codecs, resolution=resolution)
+                                     node=self.cfg.node, codecs=codecs, resolution=resolution,
+                                     tracks=descs)
             stored = await asyncio.to_thread(self.store.create_epoch, proposal)
             if stored == proposal:
                 epoch = stored
@@ -243,6 +319,7 @@ class StreamPipeline:
         saw_start = t <= epoch.t0
         publish_from = epoch.grid(epoch.t0) if saw_start else epoch.grid(t) + self.cfg.join_margin
         driver = "video" if any(tr.kind == "video" for tr in run.tracks) else "audio"
+        await asyncio.to_thread(self._adopt_inits, run, epoch, inits)
         run.epoch = epoch
         run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver,
                                   others=len(run.tracks) > 1)
@@ -260,33 +337,81 @@ class StreamPipeline:
     async def _publish_cuts(self, run: _Run, cuts: list[Cut]) -> None:
         assert run.epoch is not None
         for cut in cuts:
-            await self.publish(run.tracks, run.epoch, cut)
+            await self.publish(run.tracks, run.epoch, cut, run.cmaf)
 
-    async def publish(self, tracks: tuple[TrackInfo, ...], epoch: Epoch, cut: Cut) -> None:
+    def _mux(self, tracks: tuple[TrackInfo, ...], cmaf: tuple[TrackInfo, ...],
+             cut: Cut) -> tuple[dict[str, bytes], tuple[Part, ...]]:
+        """Every output of one cut and its hashes (blocking: runs in a worker thread)."""
+        out: dict[str, bytes] = {}
+        if "ts" in self.cfg.outputs:
+            try:
+                out["ts"] = mux_ts(tracks, cut.packets)
+            except MuxError as exc:
+                self.status.mux_errors += 1
+                log.error("stream %s: TS segment %d not published: %s", self.cfg.stream,
+                          cut.number, exc)
+        for t in cmaf:
+            packets = [p for p in cut.packets if p.track == t.index]
+            if not packets:
+                continue  # e.g. no audio in this slot: the CMAF segment is not listed
+            try:
+                out[t.kind] = fmp4.media_segment(t, packets, number=cut.number,
+                                                 start=cut.start, end=cut.end)
+            except MuxError as exc:
+                self.status.mux_errors += 1
+                log.error("stream %s: CMAF %s segment %d not published: %s",
+                          self.cfg.stream, t.kind, cut.number, exc)
+        parts = tuple(Part(name, hashlib.sha256(blob).hexdigest(), len(blob))
+                      for name, blob in sorted(out.items()))
+        return out, parts
+
+    def _keep(self, number: int, data: dict[str, bytes], ours: tuple[Part, ...],
+              stored: SegmentRecord) -> bool:
+        """Write our parts whose bytes are the timeline's; True if none differs.
+
+        A part the timeline does not list (its first writer did not publish that output)
+        is not kept: nothing unlisted is ever served.
+        """
+        same = True
+        hashes = {p.name: p.sha256 for p in ours}
+        for part in stored.parts:
+            blob = data.get(part.name)
+            if blob is None:
+                continue
+            if hashes[part.name] == part.sha256:
+                self.files.write(part.name, number, blob, part.sha256)
+            else:
+                same = False
+        return same
+
+    async def publish(self, tracks: tuple[TrackInfo, ...], epoch: Epoch, cut: Cut,
+                      cmaf: tuple[TrackInfo, ...] = ()) -> None:
         stream = self.cfg.stream
         self._max_cut = cut.number if self._max_cut is None else max(self._max_cut, cut.number)
-        try:
-            data = await asyncio.to_thread(mux_ts, tracks, cut.packets)
-        except MuxError as exc:
-            self.status.mux_errors += 1
-            log.error("stream %s: segment %d not published: %s", stream, cut.number, exc)
+        data, parts = await asyncio.to_thread(self._mux, tracks, cmaf, cut)
+        if not data:
+            log.error("stream %s: segment %d not published: no output could be muxed", stream,
+                      cut.number)
             return
-        sha = hashlib.sha256(data).hexdigest()
-        record = SegmentRecord(stream, cut.number, epoch.index, cut.start, cut.duration, sha,
-                               len(data), self.clock.now(), self.cfg.node)
+        record = SegmentRecord(stream, cut.number, epoch.index, cut.start, cut.duration, parts,
+                               self.clock.now(), self.cfg.node)
         stored = await asyncio.to_thread(self.store.put_segment, record)
-        if stored.sha256 == sha:
-            await asyncio.to_thread(self.segments.write, cut.number, data, sha)
+        same = await asyncio.to_thread(self._keep, cut.number, data, parts, stored)
+        if same:
             await asyncio.to_thread(self.store.add_holder, stream, cut.number, self.cfg.node)
         else:
             # Never keep bytes the timeline does not list: backfill fetches its version.
             self.status.divergent += 1
             log.warning("stream %s: segment %d differs from the timeline's (node %s): "
-                        "ours %s.., theirs %s..", stream, cut.number, stored.node, sha[:12],
-                        stored.sha256[:12])
+                        "ours %s, theirs %s", stream, cut.number, stored.node,
+                        _short(parts), _short(stored.parts))
         self.status.last_publish = self.clock.now()
         self.status.last_number = cut.number
         self.status.published += 1
-        await asyncio.to_thread(self.segments.prune, cut.number - self.cfg.keep_segments)
+        await asyncio.to_thread(self.files.prune, cut.number - self.cfg.keep_segments)
         async with self.published:
             self.published.notify_all()
+
+
+def _short(parts: tuple[Part, ...]) -> str:
+    return " ".join(f"{p.name}:{p.sha256[:12]}" for p in parts)

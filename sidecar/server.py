@@ -1,5 +1,5 @@
-"""HTTP edge: FastAPI routes for playlists, segments and health. Domain errors map to
-HTTP status codes here and nowhere else."""
+"""HTTP edge: FastAPI routes for manifests, segments and health. Domain errors map to
+HTTP status codes here and nowhere else; what is served comes from ``sidecar.node``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import contextlib
 import hashlib
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from email.utils import formatdate
 
 from fastapi import FastAPI, Request
@@ -19,255 +17,41 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sidecar import __version__
-from sidecar.clock import Clock, SyncedClock
+from sidecar.clock import SyncedClock
 from sidecar.errors import BadRequest, NotFound, SidecarError, StoreError
-from sidecar.grid import TICKS_PER_SECOND, seconds_to_ticks
-from sidecar.hls import (
+from sidecar.grid import TICKS_PER_SECOND, format_program_date_time
+from sidecar.manifests.dash import render_mpd
+from sidecar.manifests.hls import (
     MEDIA_PLAYLIST,
     RENDITION,
+    AudioRendition,
     Variant,
+    init_uri,
     render_media,
     render_multivariant,
 )
-from sidecar.model import SegmentRecord
-from sidecar.peers import STALE_AFTER, PeerFetcher
-from sidecar.pipeline import StreamPipeline
-from sidecar.settings import NAME_RE, Settings, StreamSpec
+from sidecar.node import CmafUnavailable, Node
 from sidecar.storage import LocalSegment
-from sidecar.store import TimelineStore
-from sidecar.timeline import MediaPlaylist, build_media_playlist, visible
 
 log = logging.getLogger(__name__)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPES = {"ts": "video/mp2t", "m4s": "video/iso.segment", "mp4": "video/mp4"}
-_SEGMENT_RE = re.compile(r"^(\d{1,19})\.(ts)$")
-_DEFAULT_BANDWIDTH = 2_000_000
-# What a gap entry's URI serves: one MPEG-TS null packet. Players that honour EXT-X-GAP never
-# ask for it; the others (FFmpeg's HLS demuxer) get a valid, empty segment instead of a 404.
+MPD_TYPE = "application/dash+xml"
+_TS_RE = re.compile(r"^(\d{1,19})\.ts$")
+# CMAF files: `{N}.m4s` (HLS), `t{T}.m4s` (DASH $Time$: T = the segment's start in ticks),
+# `init-{E}.mp4` (the epoch's init segment).
+_CMAF_RE = re.compile(r"^(?:(\d{1,19})|t(\d{1,20}))\.m4s$|^init-(\d{1,10})\.mp4$")
+# What a gap entry's URI serves. Players that honour EXT-X-GAP never ask for it; the others
+# (FFmpeg's HLS demuxer) get a valid, empty segment instead of a 404: for TS one null packet,
+# for CMAF a lone `styp` box.
 GAP_SEGMENT = b"\x47\x1f\xff\x10" + b"\xff" * 184
-_GAP_ETAG = '"' + hashlib.sha256(GAP_SEGMENT).hexdigest()[:32] + '"'
+GAP_CMAF = b"\x00\x00\x00\x18styp" + b"msdh\x00\x00\x00\x00" + b"msdhmsix"
+_IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-@dataclass
-class StreamRuntime:
-    spec: StreamSpec
-    pipeline: StreamPipeline
-    _cache: tuple[float, list[SegmentRecord], dict[int, int]] | None = field(default=None)
-    missing: list[int] = field(default_factory=list)
-    _firsts_at: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return self.spec.key
-
-
-class Node:
-    """Everything one sidecar process serves: its streams, store and clock."""
-
-    def __init__(self, settings: Settings, store: TimelineStore, clock: Clock,
-                 streams: dict[str, StreamRuntime]) -> None:
-        self.settings = settings
-        self.store = store
-        self.clock = clock
-        self.streams = streams
-        self.started = time.monotonic()
-        self.peers = PeerFetcher(store, settings.node_id)
-
-    def stream(self, app: str, name: str) -> StreamRuntime:
-        if not (NAME_RE.match(app) and NAME_RE.match(name)):
-            raise BadRequest("malformed stream name")
-        rt = self.streams.get(f"{app}/{name}")
-        if rt is None:
-            raise NotFound(f"unknown stream {app}/{name}")
-        return rt
-
-    async def records(self, rt: StreamRuntime) -> tuple[list[SegmentRecord], dict[int, int]]:
-        """The newest records and epoch starts, cached for 100 ms per stream."""
-        now = time.monotonic()
-        if rt._cache is not None and now - rt._cache[0] < 0.1:
-            return rt._cache[1], rt._cache[2]
-        limit = self.settings.window + 16
-        records = await asyncio.to_thread(self.store.recent, rt.key, limit)
-        # Epoch starts change only when a new epoch appears: ask again then (or every 10 s).
-        firsts = rt._cache[2] if rt._cache is not None else None
-        if (firsts is None or now - rt._firsts_at > 10
-                or any(r.epoch not in firsts for r in records)):
-            firsts = await asyncio.to_thread(self.store.epoch_first_numbers, rt.key)
-            rt._firsts_at = now
-        rt._cache = (now, records, firsts)
-        return records, firsts
-
-    async def media_playlist(self, rt: StreamRuntime) -> MediaPlaylist | None:
-        records, firsts = await self.records(rt)
-        shown = visible(records, self.clock.now(), self.settings.publish_delay_ticks)
-        return build_media_playlist(shown, firsts, window=self.settings.window,
-                                    duration=self.settings.duration_ticks)
-
-    async def variant(self, rt: StreamRuntime) -> Variant:
-        pl = await self.media_playlist(rt)
-        records, _ = await self.records(rt)
-        by_number = {r.number: r for r in records}
-        bandwidth = _DEFAULT_BANDWIDTH
-        if pl is not None:
-            rates = [by_number[e.number].size * 8 * TICKS_PER_SECOND // max(e.duration, 1)
-                     for e in pl.entries if not e.gap and e.number in by_number]
-            if rates:
-                bandwidth = max(rates)
-        epoch = await asyncio.to_thread(self.store.latest_epoch, rt.key)
-        codecs = epoch.codecs if epoch else ""
-        resolution = epoch.resolution if epoch else ""
-        return Variant(f"{RENDITION}/{MEDIA_PLAYLIST}", bandwidth, codecs, resolution)
-
-    async def is_gap(self, rt: StreamRuntime, number: int) -> bool:
-        """``number`` is a hole between published segments (listed as ``EXT-X-GAP``)."""
-        if rt.pipeline.segments.get(number) is not None:
-            return False
-        records, _ = await self.records(rt)
-        numbers = {r.number for r in records}
-        return (number not in numbers and bool(records) and records[0].number < number
-                < records[-1].number)
-
-    async def local_segment(self, rt: StreamRuntime, number: int, *,
-                            from_peers: bool = True) -> LocalSegment:
-        """The local file for ``number`` as the timeline lists it.
-
-        Missing here but listed: fetch it from a peer that holds it (the bytes are checked
-        against the timeline's hash, so they are the bytes we would have made); if no peer
-        can give it, wait briefly for our own pipeline.
-        """
-        segments = rt.pipeline.segments
-        records, _ = await self.records(rt)
-        record = next((r for r in records if r.number == number), None)
-        if record is None:
-            found = await asyncio.to_thread(self.store.segments, rt.key, number)
-            record = found[0] if found and found[0].number == number else None
-        seg = segments.get(number)
-        if seg is not None and (record is None or record.sha256 == seg.sha256):
-            return seg
-        newest = records[-1].number if records else None
-        if record is None and (newest is None or number != newest + 1):
-            raise NotFound(f"segment {number} of {rt.key} is not in the timeline")
-        if record is not None and from_peers:
-            data = await self.peers.fetch(record, self.clock.now())
-            if data is not None:
-                return await asyncio.to_thread(segments.write, number, data, record.sha256)
-        if seg is None:
-            seg = await self._wait_local(rt, number)
-            if seg is not None and (record is None or record.sha256 == seg.sha256):
-                return seg
-        raise NotFound(f"segment {number} of {rt.key} is not available on this node")
-
-    async def _wait_local(self, rt: StreamRuntime, number: int) -> LocalSegment | None:
-        deadline = time.monotonic() + self.settings.segment_wait
-        cond = rt.pipeline.published
-        while (seg := rt.pipeline.segments.get(number)) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), min(remaining, 0.5))
-        return seg
-
-    async def window_gaps(self, rt: StreamRuntime, *, fetch: bool) -> tuple[list[int], int | None]:
-        """Listed segments of the current window this node cannot serve as listed.
-
-        A segment that was listed only moments ago and that our own pipeline is still
-        working on is not counted (nor fetched). With ``fetch``, the others are fetched
-        from peers. Returns the missing numbers and when the newest record was published.
-        """
-        records, _ = await self.records(rt)
-        pl = await self.media_playlist(rt)
-        if pl is None:
-            return [], None
-        by_number = {r.number: r for r in records}
-        now = self.clock.now()
-        grace = seconds_to_ticks(self.settings.segment_wait) + self.settings.publish_delay_ticks
-        pipe = rt.pipeline
-        missing: list[int] = []
-        for e in pl.entries:
-            record = by_number.get(e.number)
-            if e.gap or record is None:
-                continue
-            seg = pipe.segments.get(e.number)
-            if seg is not None and seg.sha256 == record.sha256:
-                continue
-            own_last = pipe.status.last_number
-            coming = pipe.status.connected and (own_last is None or own_last < e.number)
-            if seg is None and coming and now - record.available_at < grace:
-                continue
-            if fetch:
-                data = await self.peers.fetch(record, now)
-                if data is not None:
-                    await asyncio.to_thread(pipe.segments.write, e.number, data, record.sha256)
-                    continue
-            missing.append(e.number)
-        return missing, records[-1].available_at if records else None
-
-    async def readiness(self) -> tuple[bool, dict[str, object]]:
-        now = self.clock.now()
-        stale = max(10 * self.settings.duration_ticks, 60 * TICKS_PER_SECOND)
-        streams: dict[str, object] = {}
-        ok = bool(self.streams)
-        for key, rt in self.streams.items():
-            st = rt.pipeline.status
-            missing, newest_at = await self.window_gaps(rt, fetch=False)
-            if newest_at is None:
-                reason = "no segment published yet"
-            elif now - newest_at > stale:
-                reason = f"no segment published for {(now - newest_at) // TICKS_PER_SECOND} s"
-            elif missing:
-                reason = f"cannot serve {len(missing)} segment(s) of the window: {missing[:5]}"
-            else:
-                reason = ""
-            streams[key] = {"ready": not reason, "reason": reason or None,
-                            "connected": st.connected, "epoch": st.epoch,
-                            "last_segment": st.last_number, "input_error": st.last_error}
-            ok = ok and not reason
-        body: dict[str, object] = {"ready": ok, "node": self.settings.node_id, "streams": streams}
-        status = getattr(self.store, "status", None)
-        if callable(status):
-            body["store"] = status()
-        return ok, body
-
-    async def maintain(self, rt: StreamRuntime) -> None:
-        """Keep the whole current window servable: backfill what we lack from peers."""
-        while True:
-            try:
-                pl = await self.media_playlist(rt)
-                if pl is not None:  # disk stays bounded even when only backfill writes
-                    await asyncio.to_thread(rt.pipeline.segments.prune,
-                                            pl.media_sequence - self.settings.retain_extra)
-                missing, _ = await self.window_gaps(rt, fetch=True)
-                if missing != rt.missing:
-                    if missing:
-                        log.warning("stream %s: cannot get segments %s from any peer",
-                                    rt.key, missing[:5])
-                    rt.missing = missing
-            except StoreError as exc:
-                log.debug("backfill skipped: %s", exc)
-            await asyncio.sleep(1.0)
-
-    async def cluster(self) -> dict[str, object]:
-        now = self.clock.now()
-        nodes = await asyncio.to_thread(self.store.nodes)
-        streams: dict[str, object] = {}
-        for key in self.streams:
-            newest = await asyncio.to_thread(self.store.newest_by_node, key)
-            last = await asyncio.to_thread(self.store.last_number, key)
-            streams[key] = {"newest_segment": last, "newest_by_node": newest}
-        body: dict[str, object] = {
-            "node": self.settings.node_id,
-            "nodes": [{"node": n.node, "url": n.url,
-                       "heartbeat_age_s": round((now - n.heartbeat) / TICKS_PER_SECOND, 3),
-                       "stale": now - n.heartbeat > STALE_AFTER} for n in nodes],
-            "streams": streams,
-        }
-        status = getattr(self.store, "status", None)
-        if callable(status):
-            body["store"] = status()
-        return body
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -303,6 +87,10 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         response = await call_next(request)
         response.headers["X-Node"] = node.settings.node_id
         return response
+
+    @app.exception_handler(CmafUnavailable)
+    async def _no_cmaf(request: Request, exc: CmafUnavailable) -> JSONResponse:
+        return _error(404, str(exc))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -340,51 +128,114 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
 
     @app.get("/streams")
     async def streams() -> dict[str, object]:
-        return {key: {"input": rt.spec.input, "status": vars(rt.pipeline.status)}
+        return {key: {"input": rt.spec.input, "outputs": list(rt.pipeline.cfg.outputs),
+                      "status": vars(rt.pipeline.status)}
                 for key, rt in node.streams.items()}
+
+    @app.get("/time")
+    async def utc_time() -> Response:
+        # DASH UTCTiming (urn:mpeg:dash:utc:http-iso:2014): this node's clock, which with
+        # Redis is the cluster's clock.
+        return Response(format_program_date_time(node.clock.now()), media_type="text/plain",
+                        headers={"Cache-Control": "no-store"})
 
     @app.api_route("/{app_name}/{name}/playlist.m3u8", methods=["GET", "HEAD"])
     async def multivariant(app_name: str, name: str, request: Request) -> Response:
         rt = node.stream(app_name, name)
+        if "ts" not in rt.pipeline.cfg.outputs:
+            raise NotFound(f"MPEG-TS output is turned off for {rt.key}")
         body = render_multivariant([await node.variant(rt)])
-        return _playlist_response(body, request)
+        return _text_response(body, PLAYLIST_TYPE, request)
+
+    @app.api_route("/{app_name}/{name}/cmaf.m3u8", methods=["GET", "HEAD"])
+    async def cmaf_multivariant(app_name: str, name: str, request: Request) -> Response:
+        rt = node.stream(app_name, name)
+        pl, epochs, listed = await node.cmaf_playlist(rt)
+        epoch = epochs[max(e.epoch for e in pl.entries)]
+        video, audio = epoch.track("video"), epoch.track("audio")
+        renditions = []
+        if audio is not None and audio.init is not None:
+            renditions.append(AudioRendition(f"audio/{MEDIA_PLAYLIST}", channels=audio.channels))
+        peak = avg = 0
+        for t in (video, audio):
+            if t is not None and t.init is not None:
+                p, a = node.bandwidth(pl, listed, t.kind)
+                peak, avg = peak + p, avg + a
+        codecs = ",".join(t.codec for t in (video, audio) if t is not None and t.init)
+        if video is not None and video.init is not None:
+            variant = Variant(f"video/{MEDIA_PLAYLIST}", peak, codecs,
+                              f"{video.width}x{video.height}", avg, video.frame_rate,
+                              "audio" if renditions else "")
+        else:  # audio only
+            renditions = []
+            variant = Variant(f"audio/{MEDIA_PLAYLIST}", peak, codecs, average_bandwidth=avg)
+        body = render_multivariant([variant], renditions, version=7)
+        return _text_response(body, PLAYLIST_TYPE, request)
+
+    @app.api_route("/{app_name}/{name}/manifest.mpd", methods=["GET", "HEAD"])
+    async def mpd(app_name: str, name: str, request: Request) -> Response:
+        rt = node.stream(app_name, name)
+        presentation = await node.presentation(rt)
+        # Absolute, from the Host the player used: behind a balancer every node writes the
+        # balancer's name, so the MPD stays identical across nodes.
+        body = render_mpd(presentation, utc_timing_url=str(request.base_url) + "time")
+        return _text_response(body, MPD_TYPE, request)
 
     @app.api_route("/{app_name}/{name}/{rendition}/media.m3u8", methods=["GET", "HEAD"])
     async def media(app_name: str, name: str, rendition: str, request: Request) -> Response:
         rt = node.stream(app_name, name)
-        if rendition != RENDITION:
-            raise NotFound(f"unknown rendition {rendition!r}")
-        pl = await node.media_playlist(rt)
-        if pl is None:
-            raise NotFound(f"stream {rt.key} has no segments yet")
-        return _playlist_response(render_media(pl), request)
+        if rendition == RENDITION:
+            if "ts" not in rt.pipeline.cfg.outputs:
+                raise NotFound(f"MPEG-TS output is turned off for {rt.key}")
+            pl = await node.media_playlist(rt)
+            if pl is None:
+                raise NotFound(f"stream {rt.key} has no segments yet")
+            return _text_response(render_media(pl), PLAYLIST_TYPE, request)
+        if rendition in ("video", "audio"):
+            cmaf_pl, epochs, _ = await node.cmaf_playlist(rt)
+            if not any(e.track(rendition) for e in epochs.values()):  # type: ignore[arg-type]
+                raise NotFound(f"stream {rt.key} has no {rendition} track")
+            return _text_response(render_media(cmaf_pl, "m4s", init_uri), PLAYLIST_TYPE,
+                                  request)
+        raise NotFound(f"unknown rendition {rendition!r}")
 
     @app.api_route("/{app_name}/{name}/{rendition}/{segment}", methods=["GET", "HEAD"])
     async def segment(app_name: str, name: str, rendition: str, segment: str,
                       request: Request) -> Response:
         rt = node.stream(app_name, name)
-        if rendition != RENDITION:
+        # A peer asking us never makes us ask another peer: no fetch chains.
+        from_peers = "x-sidecar-peer" not in request.headers
+        if rendition == RENDITION:
+            m = _TS_RE.match(segment)
+            if not m:
+                raise BadRequest("malformed segment name")
+            number = int(m.group(1))
+            if await node.is_gap(rt, "ts", number):
+                return _gap(GAP_SEGMENT, "ts")
+            seg = await node.local_segment(rt, number, "ts", from_peers=from_peers)
+            return _file_response(seg, "ts", node, request)
+        if rendition not in ("video", "audio"):
             raise NotFound(f"unknown rendition {rendition!r}")
-        m = _SEGMENT_RE.match(segment)
+        if "cmaf" not in rt.pipeline.cfg.outputs:
+            raise CmafUnavailable(f"CMAF output is turned off for {rt.key}")
+        m = _CMAF_RE.match(segment)
         if not m:
             raise BadRequest("malformed segment name")
-        number = int(m.group(1))
-        if await node.is_gap(rt, number):
-            return Response(GAP_SEGMENT, media_type=SEGMENT_TYPES["ts"],
-                            headers={"Cache-Control": "public, max-age=10", "ETag": _GAP_ETAG})
-        # A peer asking us never makes us ask another peer: no fetch chains.
-        seg = await node.local_segment(rt, number,
-                                       from_peers="x-sidecar-peer" not in request.headers)
-        headers = {
-            "ETag": seg.etag,
-            "Cache-Control": "public, max-age=31536000, immutable",
-            # Deterministic on every node (the file's mtime is not): the slot's start.
-            "Last-Modified": formatdate(seg.number * node.settings.duration_ticks
-                                        // TICKS_PER_SECOND, usegmt=True),
-        }
-        if request.headers.get("if-none-match") == seg.etag:
-            return Response(status_code=304, headers=headers)
-        return FileResponse(seg.path, media_type=SEGMENT_TYPES[m.group(2)], headers=headers)
+        if m.group(3) is not None:
+            init = await node.local_init(rt, rendition, int(m.group(3)), from_peers=from_peers)
+            return _file_response(init, "mp4", node, request, last_modified=False)
+        if m.group(2) is not None:  # DASH: the start time names the slot (N = floor(T / D))
+            start = int(m.group(2))
+            number = start // node.settings.duration_ticks
+            record = await node.record(rt, number)
+            if record is None or record.start != start:
+                raise NotFound(f"no segment of {rt.key} starts at {start}")
+        else:
+            number = int(m.group(1))
+            if await node.is_gap(rt, rendition, number):
+                return _gap(GAP_CMAF, "m4s")
+        seg = await node.local_segment(rt, number, rendition, from_peers=from_peers)
+        return _file_response(seg, "m4s", node, request)
 
     @app.api_route("/{path:path}", methods=["GET", "HEAD"])
     async def fallback(path: str) -> Response:
@@ -393,12 +244,29 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
     return app
 
 
-def _playlist_response(body: str, request: Request) -> Response:
-    etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
+def _gap(data: bytes, ext: str) -> Response:
+    return Response(data, media_type=SEGMENT_TYPES[ext],
+                    headers={"Cache-Control": "public, max-age=10", "ETag": _etag(data)})
+
+
+def _file_response(seg: LocalSegment, ext: str, node: Node, request: Request, *,
+                   last_modified: bool = True) -> Response:
+    headers = {"ETag": seg.etag, "Cache-Control": _IMMUTABLE}
+    if last_modified:
+        # Deterministic on every node (the file's mtime is not): the slot's start.
+        headers["Last-Modified"] = formatdate(
+            seg.number * node.settings.duration_ticks // TICKS_PER_SECOND, usegmt=True)
+    if request.headers.get("if-none-match") == seg.etag:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(seg.path, media_type=SEGMENT_TYPES[ext], headers=headers)
+
+
+def _text_response(body: str, media_type: str, request: Request) -> Response:
+    etag = _etag(body.encode())
     headers = {"ETag": etag, "Cache-Control": "public, max-age=1"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=PLAYLIST_TYPE, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 def sync_clock(node: Node) -> None:

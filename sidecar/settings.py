@@ -9,11 +9,12 @@ import re
 import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -23,6 +24,19 @@ from sidecar.errors import ConfigError
 from sidecar.grid import seconds_to_ticks
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+OUTPUT_FAMILIES = ("ts", "cmaf")
+
+
+def parse_outputs(value: Any) -> tuple[str, ...]:
+    """``"ts,cmaf"`` (or a list) -> ``("ts", "cmaf")``, in canonical order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {str(v).strip().lower() for v in items if str(v).strip()}
+    unknown = sorted(names - set(OUTPUT_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown output {', '.join(unknown)}: use ts, cmaf")
+    if not names:
+        raise ValueError("at least one output (ts, cmaf) is needed")
+    return tuple(o for o in OUTPUT_FAMILIES if o in names)
 
 
 class StreamSpec(BaseModel):
@@ -68,6 +82,36 @@ class Settings(BaseSettings):
     clock_offset_ms: int = 0
     advertise_url: str | None = None
     log_level: str = "info"
+    # NoDecode: the environment gives plain text (``SIDECAR_OUTPUTS=ts,cmaf``), not JSON.
+    outputs: Annotated[tuple[str, ...], NoDecode] = OUTPUT_FAMILIES
+    # Per-stream override of ``outputs``: {"live/radio": ("ts",)}; the environment gives
+    # ``SIDECAR_STREAM_OUTPUTS="live/radio=ts;live/tv=cmaf"``.
+    stream_outputs: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
+    # DASH suggestedPresentationDelay in seconds (default: see ``dash_delay_ticks``).
+    dash_delay: Decimal | None = None
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _parse_outputs(cls, value: Any) -> Any:
+        return parse_outputs(value)
+
+    @field_validator("stream_outputs", mode="before")
+    @classmethod
+    def _parse_stream_outputs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(";") if v.strip()]
+        if isinstance(value, list):  # ["live/radio=ts", ...] from flags or the environment
+            pairs = {}
+            for item in value:
+                key, sep, outs = str(item).partition("=")
+                if not sep:
+                    raise ValueError(f"stream outputs {item!r}: expected APP/NAME=ts,cmaf")
+                pairs[key.strip().strip("/")] = outs
+            value = pairs
+        return {str(k).strip("/"): parse_outputs(v) for k, v in dict(value).items()}
+
+    def outputs_for(self, key: str) -> tuple[str, ...]:
+        return self.stream_outputs.get(key, self.outputs)
 
     @field_validator("streams", mode="before")
     @classmethod
@@ -96,6 +140,14 @@ class Settings(BaseSettings):
             raise ValueError("segment duration must be between 0.5 and 60 seconds")
         seconds_to_ticks(value)
         return value
+
+    @model_validator(mode="after")
+    def _known_stream_outputs(self) -> Settings:
+        keys = {s.key for s in self.streams}
+        unknown = sorted(k for k in self.stream_outputs if keys and k not in keys)
+        if unknown:
+            raise ValueError(f"stream outputs for unknown stream(s): {', '.join(unknown)}")
+        return self
 
     @field_validator("streams")
     @classmethod
@@ -135,6 +187,19 @@ class Settings(BaseSettings):
     @property
     def publish_delay_ticks(self) -> int:
         return seconds_to_ticks(self.publish_delay)
+
+    @property
+    def dash_delay_ticks(self) -> int:
+        """suggestedPresentationDelay: how far DASH players stay behind the live edge.
+
+        dash.js puts the live edge at ``now - availabilityStartTime`` (not at the last
+        listed segment), and a segment is listed up to about D + 3 s after its slot ends
+        (grid time runs behind the wall clock by up to D, plus ingest and the publish
+        delay), then reaches the player with the next MPD refresh (D): 3 x D + 4 s.
+        """
+        if self.dash_delay is not None:
+            return seconds_to_ticks(self.dash_delay)
+        return 3 * self.duration_ticks + 4 * 90_000
 
     @property
     def base_url(self) -> str:

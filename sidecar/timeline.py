@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.grid import ceil_seconds, round_seconds
-from sidecar.model import SegmentRecord
+from sidecar.model import Epoch, SegmentRecord, TrackDesc
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,36 @@ class MediaPlaylist:
     discontinuity_sequence: int
     entries: tuple[Entry, ...]
     ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One epoch of a live DASH presentation (one DASH Period per epoch).
+
+    ``start`` is the slot start of the epoch's first segment in ticks since the Unix epoch;
+    with ``availabilityStartTime`` at 1970 it is both ``Period@start`` and, at the 90 kHz
+    timescale, ``presentationTimeOffset``: media time equals grid time everywhere.
+    """
+
+    id: str
+    start: int
+    epoch: int
+    tracks: tuple[TrackDesc, ...]
+    segments: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Presentation:
+    """A dynamic MPD's content: a pure function of the timeline and the listing instant."""
+
+    periods: tuple[Period, ...]
+    publish_time: int
+    segment_duration: int
+    time_shift_buffer: int
+    suggested_delay: int
+    min_buffer_time: int
+    # (track kind, bits per second): the largest segment rate in the window.
+    bandwidth: tuple[tuple[str, int], ...]
 
 
 def visible(records: Iterable[SegmentRecord], now: int, publish_delay: int) -> list[SegmentRecord]:
@@ -90,3 +120,45 @@ def build_media_playlist(
     dsn = rank - (1 if head.discontinuity else 0)
     target = max([ceil_seconds(duration)] + [round_seconds(e.duration) for e in entries])
     return MediaPlaylist(target, first, max(dsn, 0), tuple(entries), ended)
+
+
+def build_presentation(
+    pl: MediaPlaylist,
+    epochs: dict[int, Epoch],
+    epoch_first: dict[int, int],
+    *,
+    duration: int,
+    time_shift_buffer: int,
+    publish_time: int,
+    bandwidth: dict[str, int],
+    suggested_delay: int,
+    min_buffer_time: int,
+) -> Presentation:
+    """The DASH view of a CMAF media playlist: its listed segments grouped by epoch.
+
+    Gap entries are left out (a hole in a ``SegmentTimeline`` with ``$Time$`` addressing
+    needs no filler); each epoch becomes a Period whose identity and start never change
+    while any of its segments is listed.
+    """
+    periods: list[Period] = []
+    group: list[Entry] = []
+
+    def close() -> None:
+        if not group:
+            return
+        epoch = group[0].epoch
+        first = epoch_first.get(epoch, group[0].number)
+        e = epochs.get(epoch)
+        tracks = tuple(t for t in e.tracks if t.init is not None) if e is not None else ()
+        periods.append(Period(f"e{epoch}", first * duration, epoch, tracks, tuple(group)))
+        group.clear()
+
+    for entry in pl.entries:
+        if entry.gap:
+            continue
+        if group and entry.epoch != group[0].epoch:
+            close()
+        group.append(entry)
+    close()
+    return Presentation(tuple(periods), publish_time, duration, time_shift_buffer,
+                        suggested_delay, min_buffer_time, tuple(sorted(bandwidth.items())))

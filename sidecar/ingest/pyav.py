@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import av
 
 from sidecar.clock import Clock
-from sidecar.codecs import codec_string
+from sidecar.codecs import codec_string, frame_rate_string
 from sidecar.errors import ConfigError, InputError
 from sidecar.model import InputOpened, RawPacket, TrackInfo
 
@@ -56,8 +56,10 @@ def make_tracks(streams: list[Any]) -> tuple[tuple[TrackInfo, ...], dict[int, in
         template = holder.add_stream_from_template(s)
         extradata = bytes(ctx.extradata) if ctx.extradata else None
         if s.type == "video":
+            rate = s.average_rate or s.guessed_rate
             tracks.append(TrackInfo(index, "video", ctx.name, codec_string(ctx.name, extradata),
-                                    width=ctx.width, height=ctx.height, template=template))
+                                    width=ctx.width, height=ctx.height,
+                                    frame_rate=frame_rate_string(rate), template=template))
         else:
             tracks.append(TrackInfo(index, "audio", ctx.name, codec_string(ctx.name, extradata),
                                     sample_rate=ctx.sample_rate, channels=ctx.channels,

@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from sidecar.clock import Clock
-from sidecar.codecs import codec_string
+from sidecar.codecs import annexb_nals, codec_string, frame_rate_string
 from sidecar.errors import ConfigError
 from sidecar.grid import TICKS_PER_SECOND
 from sidecar.model import InputOpened, RawPacket, TrackInfo
@@ -161,6 +161,10 @@ def make_templates(cfg: SyntheticConfig) -> tuple[TrackInfo, ...]:
     frame.pts = 0
     first = b"".join(bytes(p) for p in [*vs.encode(frame), *vs.encode(None)])
     vt = holder.add_stream_from_template(vs)
+    # The encoder repeats SPS/PPS in-band (no global header); give the template them as
+    # Annex B extradata too, so a CMAF init segment can be written before any keyframe.
+    vt.codec_context.extradata = b"".join(
+        b"\x00\x00\x00\x01" + nal for nal in annexb_nals(first) if nal[0] & 0x1F in (7, 8))
     aout, as_ = _audio_encoder()
     silence = av.AudioFrame.from_ndarray(np.zeros((2, _AAC_FRAME), np.float32), format="fltp",
                                          layout="stereo")
@@ -174,7 +178,7 @@ def make_templates(cfg: SyntheticConfig) -> tuple[TrackInfo, ...]:
     at = holder.add_stream_from_template(as_)
     return (
         TrackInfo(0, "video", "h264", codec_string("h264", None, first), width=cfg.width,
-                  height=cfg.height, template=vt),
+                  height=cfg.height, frame_rate=frame_rate_string(cfg.fps), template=vt),
         TrackInfo(1, "audio", "aac", codec_string("aac", extradata),
                   sample_rate=SAMPLE_RATE, channels=2, template=at),
     )

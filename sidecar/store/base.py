@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.errors import ConfigError
-from sidecar.model import Epoch, SegmentRecord
+from sidecar.model import Epoch, Part, SegmentRecord, TrackDesc
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +16,56 @@ class NodeInfo:
     node: str
     url: str
     heartbeat: int
+
+
+def parts_to_json(parts: tuple[Part, ...]) -> str:
+    return json.dumps([[p.name, p.sha256, p.size] for p in parts], separators=(",", ":"))
+
+
+def parts_from_json(text: str) -> tuple[Part, ...]:
+    return tuple(Part(str(n), str(h), int(s)) for n, h, s in json.loads(text))
+
+
+def tracks_to_json(tracks: tuple[TrackDesc, ...]) -> str:
+    return json.dumps([asdict(t) for t in tracks], separators=(",", ":"))
+
+
+def tracks_from_json(text: str) -> tuple[TrackDesc, ...]:
+    return _tracks(json.loads(text))
+
+
+def _tracks(items: list[dict[str, Any]]) -> tuple[TrackDesc, ...]:
+    out = []
+    for t in items:
+        t = dict(t)
+        init = t.pop("init", None)
+        out.append(TrackDesc(**t, init=Part(**init) if init else None))
+    return tuple(out)
+
+
+def record_to_dict(r: SegmentRecord) -> dict[str, Any]:
+    d = asdict(r)
+    d["parts"] = [[p.name, p.sha256, p.size] for p in r.parts]
+    return d
+
+
+def record_from_dict(d: dict[str, Any]) -> SegmentRecord:
+    d = dict(d)
+    if "parts" in d:
+        parts = tuple(Part(str(n), str(h), int(s)) for n, h, s in d.pop("parts"))
+    else:  # written by 0.1 (TS only)
+        parts = (Part("ts", d.pop("sha256"), int(d.pop("size"))),)
+    return SegmentRecord(**d, parts=parts)
+
+
+def epoch_to_dict(e: Epoch) -> dict[str, Any]:
+    return asdict(e)
+
+
+def epoch_from_dict(d: dict[str, Any]) -> Epoch:
+    d = dict(d)
+    tracks = _tracks(d.pop("tracks", []))
+    return Epoch(**d, tracks=tracks)
 
 
 class TimelineStore(Protocol):

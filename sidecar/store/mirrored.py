@@ -87,7 +87,7 @@ class MirroredStore:
                     self.local.mirror_epoch(epoch)
                 elif kind == "segment":
                     record = self.remote.put_segment(item)
-                    if record.sha256 != item.sha256:
+                    if record.parts != item.parts:
                         self.divergences += 1
                         log.error("segment %s/%d differs from the cluster's after the outage",
                                   item.stream, item.number)

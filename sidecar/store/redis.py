@@ -8,7 +8,6 @@ atomic. Holder sets expire after a day; each stream keeps its newest ``KEEP`` re
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -17,7 +16,13 @@ from redis.retry import Retry
 
 from sidecar.errors import StoreError
 from sidecar.model import Epoch, SegmentRecord
-from sidecar.store.base import NodeInfo
+from sidecar.store.base import (
+    NodeInfo,
+    epoch_from_dict,
+    epoch_to_dict,
+    record_from_dict,
+    record_to_dict,
+)
 
 PREFIX = "sidecar:v1:"
 KEEP = 20_000
@@ -92,31 +97,31 @@ class RedisStore:
         if not keys:
             return None
         raw = self._call(self.r.hget, _k(stream, "epochs"), str(max(int(k) for k in keys)))
-        return Epoch(**json.loads(raw)) if raw else None
+        return epoch_from_dict(json.loads(raw)) if raw else None
 
     def create_epoch(self, epoch: Epoch) -> Epoch:
         key = _k(epoch.stream, "epochs")
-        self._call(self.r.hsetnx, key, str(epoch.index), json.dumps(asdict(epoch)))
+        self._call(self.r.hsetnx, key, str(epoch.index), json.dumps(epoch_to_dict(epoch)))
         raw = self._call(self.r.hget, key, str(epoch.index))
-        return Epoch(**json.loads(raw))
+        return epoch_from_dict(json.loads(raw))
 
     def epochs(self, stream: str) -> list[Epoch]:
         values = self._call(self.r.hvals, _k(stream, "epochs"))
-        return sorted((Epoch(**json.loads(v)) for v in values), key=lambda e: e.index)
+        return sorted((epoch_from_dict(json.loads(v)) for v in values), key=lambda e: e.index)
 
     # -- segments --------------------------------------------------------------------
 
     def put_segment(self, record: SegmentRecord) -> SegmentRecord:
         raw = self._call(self._put, [_k(record.stream, "seg"), _k(record.stream, "nums"),
                                      _k(record.stream, "epoch_first")],
-                         [record.number, json.dumps(asdict(record)), record.epoch, KEEP])
-        return SegmentRecord(**json.loads(raw))
+                         [record.number, json.dumps(record_to_dict(record)), record.epoch, KEEP])
+        return record_from_dict(json.loads(raw))
 
     def _records(self, stream: str, numbers: list[str]) -> list[SegmentRecord]:
         if not numbers:
             return []
         values = self._call(self.r.hmget, _k(stream, "seg"), numbers)
-        return [SegmentRecord(**json.loads(v)) for v in values if v]
+        return [record_from_dict(json.loads(v)) for v in values if v]
 
     def segments(self, stream: str, since: int) -> list[SegmentRecord]:
         nums = self._call(self.r.zrangebyscore, _k(stream, "nums"), since, "+inf", 0, 1000)

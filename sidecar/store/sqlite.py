@@ -8,9 +8,15 @@ from pathlib import Path
 
 from sidecar.errors import StoreError
 from sidecar.model import Epoch, SegmentRecord
-from sidecar.store.base import NodeInfo
+from sidecar.store.base import (
+    NodeInfo,
+    parts_from_json,
+    parts_to_json,
+    tracks_from_json,
+    tracks_to_json,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEEP = 20_000  # records kept per stream (as the Redis backend does)
 
 _SCHEMA = """
@@ -18,12 +24,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS epochs (
     stream TEXT NOT NULL, idx INTEGER NOT NULL, anchor INTEGER NOT NULL, t0 INTEGER NOT NULL,
     lead INTEGER NOT NULL, created_at INTEGER NOT NULL, node TEXT NOT NULL,
-    codecs TEXT NOT NULL, resolution TEXT NOT NULL,
+    codecs TEXT NOT NULL, resolution TEXT NOT NULL, tracks TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (stream, idx));
 CREATE TABLE IF NOT EXISTS segments (
     stream TEXT NOT NULL, number INTEGER NOT NULL, epoch INTEGER NOT NULL,
-    start INTEGER NOT NULL, duration INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL, available_at INTEGER NOT NULL, node TEXT NOT NULL,
+    start INTEGER NOT NULL, duration INTEGER NOT NULL, parts TEXT NOT NULL,
+    available_at INTEGER NOT NULL, node TEXT NOT NULL,
     PRIMARY KEY (stream, number));
 CREATE TABLE IF NOT EXISTS holders (
     stream TEXT NOT NULL, number INTEGER NOT NULL, node TEXT NOT NULL,
@@ -33,12 +39,40 @@ CREATE TABLE IF NOT EXISTS nodes (node TEXT PRIMARY KEY, url TEXT NOT NULL,
 """
 
 
+# Schema 1 (0.1): TS only, one hash per segment, no track descriptions.
+_MIGRATE_1 = """
+ALTER TABLE epochs ADD COLUMN tracks TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE segments RENAME TO segments_v1;
+CREATE TABLE segments (
+    stream TEXT NOT NULL, number INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    start INTEGER NOT NULL, duration INTEGER NOT NULL, parts TEXT NOT NULL,
+    available_at INTEGER NOT NULL, node TEXT NOT NULL,
+    PRIMARY KEY (stream, number));
+INSERT INTO segments SELECT stream, number, epoch, start, duration,
+    json_array(json_array('ts', sha256, size)), available_at, node FROM segments_v1;
+DROP TABLE segments_v1;
+UPDATE meta SET value='2' WHERE key='schema';
+"""
+
+
 def _epoch(row: tuple) -> Epoch:
-    return Epoch(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+    return Epoch(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                 tracks_from_json(row[9]))
+
+
+def _epoch_row(e: Epoch) -> tuple:
+    return (e.stream, e.index, e.anchor, e.t0, e.lead, e.created_at, e.node, e.codecs,
+            e.resolution, tracks_to_json(e.tracks))
 
 
 def _segment(row: tuple) -> SegmentRecord:
-    return SegmentRecord(*row)
+    return SegmentRecord(row[0], row[1], row[2], row[3], row[4], parts_from_json(row[5]),
+                         row[6], row[7])
+
+
+def _segment_row(r: SegmentRecord) -> tuple:
+    return (r.stream, r.number, r.epoch, r.start, r.duration, parts_to_json(r.parts),
+            r.available_at, r.node)
 
 
 class SqliteStore:
@@ -53,10 +87,16 @@ class SqliteStore:
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                             (str(SCHEMA_VERSION),))
+            fresh = not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+            if fresh:
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
             (version,) = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if int(version) == 1:
+                self._db.executescript("BEGIN;" + _MIGRATE_1 + "COMMIT;")
+                version = "2"
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open timeline store {path}: {exc}") from exc
         if int(version) != SCHEMA_VERSION:
@@ -76,26 +116,21 @@ class SqliteStore:
 
     def create_epoch(self, epoch: Epoch) -> Epoch:
         e = epoch
-        self._query("INSERT OR IGNORE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
-                    (e.stream, e.index, e.anchor, e.t0, e.lead, e.created_at, e.node,
-                     e.codecs, e.resolution))
+        self._query("INSERT OR IGNORE INTO epochs VALUES (?,?,?,?,?,?,?,?,?,?)", _epoch_row(e))
         rows = self._query("SELECT * FROM epochs WHERE stream=? AND idx=?", (e.stream, e.index))
         return _epoch(rows[0])
 
     def mirror_epoch(self, epoch: Epoch) -> None:
         """Overwrite with the cluster's record (the cluster store is the authority)."""
-        e = epoch
-        self._query("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
-                    (e.stream, e.index, e.anchor, e.t0, e.lead, e.created_at, e.node,
-                     e.codecs, e.resolution))
+        self._query("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    _epoch_row(epoch))
 
     def mirror_segments(self, records: list[SegmentRecord]) -> None:
-        rows = [(r.stream, r.number, r.epoch, r.start, r.duration, r.sha256, r.size,
-                 r.available_at, r.node) for r in records]
+        rows = [_segment_row(r) for r in records]
         try:
             with self._lock:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                    "INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error as exc:
             raise StoreError(f"timeline store {self.path}: {exc}") from exc
 
@@ -105,9 +140,7 @@ class SqliteStore:
 
     def put_segment(self, record: SegmentRecord) -> SegmentRecord:
         r = record
-        self._query("INSERT OR IGNORE INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
-                    (r.stream, r.number, r.epoch, r.start, r.duration, r.sha256, r.size,
-                     r.available_at, r.node))
+        self._query("INSERT OR IGNORE INTO segments VALUES (?,?,?,?,?,?,?,?)", _segment_row(r))
         rows = self._query("SELECT * FROM segments WHERE stream=? AND number=?",
                            (r.stream, r.number))
         if r.number % 100 == 0:  # now and then, forget what no playlist can list any more

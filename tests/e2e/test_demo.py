@@ -45,7 +45,16 @@ def test_demo_nodes_publish_identical_segments(procs: ProcessRegistry, workdir: 
     # Node b encoded and muxed segments itself, each equal to the timeline's first version.
     wait_until(lambda: status(1)["published"] >= 3, 30, 0.5, what="3 segments muxed by b")
     assert status(0)["divergent"] == 0 and status(1)["divergent"] == 0
-    for n in sorted(set(numbers(urls[0])) & set(numbers(urls[1]))):
+    shared = sorted(set(numbers(urls[0])) & set(numbers(urls[1])))
+    for n in shared:
         a, b = (httpx.get(f"{u}/src/{n}.ts", timeout=5) for u in urls)
         assert a.status_code == b.status_code == 200 and a.content == b.content
+    # The CMAF outputs of the same cuts and the epoch's init segments: identical too.
+    for path in [f"{kind}/{n}.m4s" for kind in ("video", "audio") for n in shared] + [
+            "video/init-0.mp4", "audio/init-0.mp4"]:
+        a, b = (httpx.get(f"{u}/{path}", timeout=5) for u in urls)
+        assert a.status_code == b.status_code == 200, (path, a.text, b.text)
+        assert a.content == b.content, path
+    for path in ("cmaf.m3u8", "manifest.mpd"):
+        assert all(httpx.get(f"{u}/{path}", timeout=5).status_code == 200 for u in urls)
     assert "http://127.0.0.1" in demo.log_text()

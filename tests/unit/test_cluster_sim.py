@@ -13,7 +13,7 @@ from pathlib import Path
 from sidecar.clock import ManualClock
 from sidecar.model import InputClosed, RawPacket
 from sidecar.pipeline import PipelineConfig, StreamPipeline
-from sidecar.storage import SegmentDir
+from sidecar.storage import StreamFiles
 from sidecar.store.mirrored import MirroredStore
 from sidecar.store.sqlite import SqliteStore
 from sidecar.timeline import build_media_playlist, visible
@@ -42,13 +42,14 @@ class SimNode:
         self.name = name
         self.store = MirroredStore(cluster, SqliteStore(root / f"{name}-mirror.db"),  # type: ignore[arg-type]
                                    monotonic=lambda: clock.now() / S)
-        self.dir = SegmentDir(root / name)
-        self.dir.recover()
+        self.files = StreamFiles(root / name, ("ts", "video", "audio"))
+        self.files.recover()
+        self.dir = self.files.dirs["ts"]
         self.pipe = StreamPipeline(PipelineConfig("live/x", name, D), None,  # type: ignore[arg-type]
-                                   self.store, self.dir, clock)
+                                   self.store, self.files, clock)
 
     def playlist(self, now: int) -> str:
-        from sidecar.hls import render_media
+        from sidecar.manifests.hls import render_media
 
         records = self.store.recent("live/x", 30)
         firsts = self.store.epoch_first_numbers("live/x")
@@ -106,16 +107,24 @@ def test_cluster_scenarios_in_process(tmp_path: Path) -> None:
 
     asyncio.run(go())
     a, b = SimNode("a", tmp_path, flaky, clock), SimNode("b", tmp_path, flaky, clock)
-    fa = {n: a.dir.path_for(n).read_bytes() for n in a.dir.numbers()}
-    fb = {n: b.dir.path_for(n).read_bytes() for n in b.dir.numbers()}
-    shared = set(fa) & set(fb)
-    assert len(shared) >= 10
-    assert all(fa[n] == fb[n] for n in shared)
     records = flaky.inner.segments("live/x", 0)
     by_number = {r.number: r for r in records}
-    for node in (a, b):  # every file either node kept matches the cluster's record
-        for n in node.dir.numbers():
-            assert node.dir.get(n).sha256 == by_number[n].sha256  # type: ignore[union-attr]
+    for part, d_a in a.files.dirs.items():  # TS and both CMAF tracks
+        d_b = b.files.dirs[part]
+        fa = {n: d_a.path_for(n).read_bytes() for n in d_a.numbers()}
+        fb = {n: d_b.path_for(n).read_bytes() for n in d_b.numbers()}
+        shared = set(fa) & set(fb)
+        assert len(shared) >= 10, part
+        assert all(fa[n] == fb[n] for n in shared), part
+        for node in (a, b):  # every file either node kept matches the cluster's record
+            for n in node.files.dirs[part].numbers():
+                want = by_number[n].part(part)
+                assert want is not None and node.files.get(part, n).sha256 == want.sha256  # type: ignore[union-attr]
+    for kind in ("video", "audio"):  # one init per track and epoch, the same on both
+        for index in (0, 1):
+            ia, ib = a.files.inits[kind].get(index), b.files.inits[kind].get(index)
+            assert ia is not None and ib is not None, (kind, index)
+            assert ia.path.read_bytes() == ib.path.read_bytes()
     numbers = [r.number for r in records]
     assert numbers == sorted(set(numbers))  # never reused
     assert [e.index for e in flaky.inner.epochs("live/x")] == [0, 1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.model import SegmentRecord
+from sidecar.model import Part, SegmentRecord
 from sidecar.peers import STALE_AFTER, PeerFetcher
 from sidecar.store.sqlite import SqliteStore
 
@@ -52,8 +52,8 @@ def servers() -> Iterator[dict[str, str]]:
 def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
                                                  servers: dict[str, str]) -> None:
     store = SqliteStore(tmp_path / "t.db")
-    record = SegmentRecord("live/x", 7, 0, 0, 1, hashlib.sha256(GOOD).hexdigest(), len(GOOD),
-                           0, "good")
+    record = SegmentRecord("live/x", 7, 0, 0, 1,
+                           (Part("ts", hashlib.sha256(GOOD).hexdigest(), len(GOOD)),), 0, "good")
     store.put_segment(record)
     for node in ("a-liar", "good", "stale", "me"):
         store.add_holder("live/x", 7, node)
@@ -68,7 +68,7 @@ def test_fetch_skips_wrong_bytes_and_stale_peers(tmp_path: Path,
 
 def test_no_trustworthy_peer_means_none(tmp_path: Path, servers: dict[str, str]) -> None:
     store = SqliteStore(tmp_path / "t.db")
-    record = SegmentRecord("live/x", 7, 0, 0, 1, "0" * 64, 1, 0, "a-liar")
+    record = SegmentRecord("live/x", 7, 0, 0, 1, (Part("ts", "0" * 64, 1),), 0, "a-liar")
     store.add_holder("live/x", 7, "a-liar")
     store.heartbeat("a-liar", servers["a-liar"], NOW)
     fetcher = PeerFetcher(store, "me")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from sidecar.clock import ManualClock
 from sidecar.model import InputClosed, RawPacket
 from sidecar.pipeline import PipelineConfig, StreamPipeline
-from sidecar.storage import SegmentDir
+from sidecar.storage import StreamFiles
 from sidecar.store.sqlite import SqliteStore
 from sidecar.timeline import build_media_playlist
 from tests import sim
@@ -25,22 +26,22 @@ WALL0 = 1_800_000_000 * S + 123_456  # an arbitrary wall-clock start
 class Node:
     def __init__(self, name: str, root: Path, store: SqliteStore) -> None:
         self.clock = ManualClock(WALL0)
-        self.dir = SegmentDir(root / name)
+        self.store = StreamFiles(root / name, ("ts", "video", "audio"))
+        self.dir = self.store.dirs["ts"]
         self.pipe = StreamPipeline(PipelineConfig("live/x", name, D), source=None,  # type: ignore[arg-type]
-                                   store=store, segments=self.dir, clock=self.clock)
+                                   store=store, files=self.store, clock=self.clock)
 
     async def play(self, packets: list[RawPacket]) -> None:
         for p in packets:
             self.clock.t = max(self.clock.t, p.arrival)
             await self.pipe.handle(p)
 
-    def files(self) -> dict[int, bytes]:
-        return {n: self.dir.path_for(n).read_bytes() for n in self.dir.numbers()}
+    def files(self, part: str = "ts") -> dict[int, bytes]:
+        d = self.store.dirs[part]
+        return {n: d.path_for(n).read_bytes() for n in d.numbers()}
 
 
 def decodes(data: bytes) -> bool:
-    import io
-
     with av.open(io.BytesIO(data), format="mpegts") as c:
         frames = sum(1 for _ in c.decode(video=0))
     return frames > 0
@@ -76,6 +77,20 @@ def test_late_joiner_publishes_byte_identical_segments(tmp_path: Path, store: Sq
         assert fa[n] == fb[n], f"segment {n} differs"
     assert all(decodes(d) for d in fb.values())
     assert a.pipe.status.divergent == 0 and b.pipe.status.divergent == 0
+    # The CMAF tracks of the same cuts, and their init segments, are byte-identical too.
+    for part in ("video", "audio"):
+        ca, cb = a.files(part), b.files(part)
+        assert sorted(ca) == sorted(fa) and sorted(cb) == sorted(fb), part
+        assert all(ca[n] == cb[n] for n in shared), part
+        init_a, init_b = a.store.inits[part].get(0), b.store.inits[part].get(0)
+        assert init_a is not None and init_b is not None
+        assert init_a.path.read_bytes() == init_b.path.read_bytes()
+    init = a.store.inits["video"].get(0)
+    assert init is not None
+    with av.open(io.BytesIO(init.path.read_bytes() + b"".join(
+            a.files("video")[n] for n in shared)), format="mp4") as c:
+        frames = [f for f in c.decode(video=0)]
+    assert len(frames) == 25 * 4 * len(shared)  # D = 4 s at 25 fps, every frame decodes
     # Numbers are contiguous and come from time.
     numbers = sorted(fa)
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
@@ -231,7 +246,8 @@ def test_pipeline_stops_promptly_when_cancelled(tmp_path: Path, store: SqliteSto
     async def go() -> None:
         for i in range(10):
             pipe = StreamPipeline(PipelineConfig("live/x", "a", D), _BusySource(),  # type: ignore[arg-type]
-                                  store, SegmentDir(tmp_path / f"s{i}"), ManualClock(WALL0))
+                                  store, StreamFiles(tmp_path / f"s{i}", ("ts",)),
+                                  ManualClock(WALL0))
             task = asyncio.create_task(pipe.run())
             await asyncio.sleep(0.05 + i * 0.01)
             task.cancel()

@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sidecar.clock import ManualClock
-from sidecar.model import SegmentRecord
+from sidecar.model import Part, SegmentRecord
+from sidecar.node import Node, StreamRuntime
 from sidecar.pipeline import PipelineConfig, StreamPipeline
-from sidecar.server import Node, StreamRuntime, create_app
+from sidecar.server import create_app
 from sidecar.settings import StreamSpec, load_settings
-from sidecar.storage import SegmentDir
+from sidecar.storage import SegmentDir, StreamFiles
 from sidecar.store.sqlite import SqliteStore
 
 S = 90_000
@@ -26,17 +27,21 @@ N0 = 300_000_000
 def make_node(root: Path, name: str, store: SqliteStore, clock: ManualClock) -> Node:
     settings = load_settings(node_id=name, data_dir=root / name, segment_wait=1.0,
                              streams=["live/demo=synthetic:"])
-    segs = SegmentDir(root / name / "segs")
-    pipe = StreamPipeline(PipelineConfig("live/demo", name, D), None, store, segs, clock)  # type: ignore[arg-type]
+    files = StreamFiles(root / name / "segs", ("ts",))
+    pipe = StreamPipeline(PipelineConfig("live/demo", name, D, outputs=("ts",)), None,  # type: ignore[arg-type]
+                          store, files, clock)
     spec = StreamSpec.parse("live/demo=synthetic:")
     return Node(settings, store, clock, {"live/demo": StreamRuntime(spec, pipe)})
 
 
+def ts_part(data: bytes) -> tuple[Part, ...]:
+    return (Part("ts", hashlib.sha256(data).hexdigest(), len(data)),)
+
+
 def publish(node: Node, n: int, data: bytes, at: int) -> None:
     rt = node.streams["live/demo"]
-    rt.pipeline.segments.write(n, data)
-    node.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D,
-                                         hashlib.sha256(data).hexdigest(), len(data), at, "a"))
+    rt.files.write("ts", n, data)
+    node.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D, ts_part(data), at, "a"))
     rt.pipeline.status.last_publish = at
 
 
@@ -144,7 +149,7 @@ def test_listed_segment_not_yet_local_waits_then_serves(
         async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
             async def late_write() -> None:
                 await asyncio.sleep(0.3)
-                b.streams["live/demo"].pipeline.segments.write(n, data)
+                b.streams["live/demo"].files.write("ts", n, data)
                 cond = b.streams["live/demo"].pipeline.published
                 async with cond:
                     cond.notify_all()
@@ -193,9 +198,8 @@ def test_not_ready_while_window_cannot_be_served(nodes: tuple[Node, Node, Manual
     a, b, clock = nodes
     n = N0 + 5
     data = b"\x47" * 376
-    a.streams["live/demo"].pipeline.segments.write(n, data)
-    a.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D,
-                                      hashlib.sha256(data).hexdigest(), len(data),
+    a.streams["live/demo"].files.write("ts", n, data)
+    a.store.put_segment(SegmentRecord("live/demo", n, 0, n * D, D, ts_part(data),
                                       (n + 1) * D, "a"))
     clock.t = (n + 1) * D + 3 * S // 2  # listed half a second ago
     b.streams["live/demo"].pipeline.status.connected = True  # B's input is up
@@ -205,8 +209,8 @@ def test_not_ready_while_window_cannot_be_served(nodes: tuple[Node, Node, Manual
         clock.advance(5 * S)
         r = c.get("/readyz")
         assert r.status_code == 503
-        assert f"[{n}]" in r.json()["streams"]["live/demo"]["reason"]
-        b.streams["live/demo"].pipeline.segments.write(n, data)  # e.g. fetched from a peer
+        assert f"['{n}.ts']" in r.json()["streams"]["live/demo"]["reason"]
+        b.streams["live/demo"].files.write("ts", n, data)  # e.g. fetched from a peer
         assert c.get("/readyz").status_code == 200
 
 

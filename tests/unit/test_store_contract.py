@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import ConfigError, StoreError
-from sidecar.model import Epoch, SegmentRecord
+from sidecar.model import Epoch, Part, SegmentRecord, TrackDesc
 from sidecar.store import TimelineStore, open_store
 from sidecar.store.mirrored import MirroredStore
 from sidecar.store.redis import RedisStore
@@ -38,7 +38,8 @@ def ep(index: int, node: str, anchor: int = 0) -> Epoch:
 
 
 def seg(n: int, node: str, sha: str = "h") -> SegmentRecord:
-    return SegmentRecord("live/x", n, 0, n * 10, 10, sha, 5, n, node)
+    return SegmentRecord("live/x", n, 0, n * 10, 10, (Part("ts", sha, 5), Part("video", sha, 3)),
+                         n, node)
 
 
 def test_epoch_compare_and_set_first_writer_wins(connect: Factory) -> None:
@@ -148,5 +149,70 @@ def test_nodes_share_the_redis_clock(tmp_path: Path) -> None:
         assert abs(a.now() - b.now()) < 20 * 90  # within 20 ms, though the hosts differ by 100
         reference = RedisStore(server.url).time()
         assert abs(a.now() - reference) < 50 * 90
+    finally:
+        registry.stop_all()
+
+
+def test_epoch_track_descriptions_round_trip(connect: Factory) -> None:
+    tracks = (
+        TrackDesc("video", "avc1.64001F", 640, 360, "30000/1001",
+                  init=Part("video", "a" * 64, 812)),
+        TrackDesc("audio", "mp3", sample_rate=44_100, channels=2,
+                  unsupported="mp3 audio cannot be packaged as CMAF"),
+    )
+    e = Epoch("live/x", 0, 5, 0, 0, 0, "a", "avc1.64001F,mp4a.40.34", "640x360", tracks)
+    s = connect()
+    assert s.create_epoch(e) == e
+    assert connect().epochs("live/x") == [e]
+    assert connect().latest_epoch("live/x") == e
+
+
+def test_sqlite_schema_1_is_migrated_without_losing_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE epochs (stream TEXT NOT NULL, idx INTEGER NOT NULL, anchor INTEGER NOT NULL,
+            t0 INTEGER NOT NULL, lead INTEGER NOT NULL, created_at INTEGER NOT NULL,
+            node TEXT NOT NULL, codecs TEXT NOT NULL, resolution TEXT NOT NULL,
+            PRIMARY KEY (stream, idx));
+        CREATE TABLE segments (stream TEXT NOT NULL, number INTEGER NOT NULL,
+            epoch INTEGER NOT NULL, start INTEGER NOT NULL, duration INTEGER NOT NULL,
+            sha256 TEXT NOT NULL, size INTEGER NOT NULL, available_at INTEGER NOT NULL,
+            node TEXT NOT NULL, PRIMARY KEY (stream, number));
+        CREATE TABLE holders (stream TEXT NOT NULL, number INTEGER NOT NULL, node TEXT NOT NULL,
+            PRIMARY KEY (stream, number, node));
+        CREATE TABLE nodes (node TEXT PRIMARY KEY, url TEXT NOT NULL, heartbeat INTEGER NOT NULL);
+        INSERT INTO epochs VALUES ('live/x', 0, 7, 0, 0, 0, 'a', 'avc1.64001F', '640x360');
+        INSERT INTO segments VALUES ('live/x', 3, 0, 30, 10, 'abc', 99, 40, 'a');
+    """)
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert s.recent("live/x", 5) == [
+        SegmentRecord("live/x", 3, 0, 30, 10, (Part("ts", "abc", 99),), 40, "a")]
+    assert s.latest_epoch("live/x") == Epoch("live/x", 0, 7, 0, 0, 0, "a", "avc1.64001F",
+                                             "640x360")
+    s.put_segment(seg(4, "a"))
+    s.close()
+    assert [r.number for r in SqliteStore(path).recent("live/x", 5)] == [3, 4]
+
+
+def test_redis_reads_records_written_by_0_1(tmp_path: Path) -> None:
+    import json
+
+    registry = ProcessRegistry()
+    server = RedisServer(tmp_path / "redis", registry=registry).start()
+    try:
+        s = RedisStore(server.url)
+        old = {"stream": "live/x", "number": 3, "epoch": 0, "start": 30, "duration": 10,
+               "sha256": "abc", "size": 99, "available_at": 40, "node": "a"}
+        s.r.hset("sidecar:v1:s:live/x:seg", "3", json.dumps(old))
+        s.r.zadd("sidecar:v1:s:live/x:nums", {"3": 3})
+        assert s.recent("live/x", 5) == [
+            SegmentRecord("live/x", 3, 0, 30, 10, (Part("ts", "abc", 99),), 40, "a")]
     finally:
         registry.stop_all()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import StoreError
-from sidecar.model import Epoch, SegmentRecord
+from sidecar.model import Epoch, Part, SegmentRecord
 from sidecar.store.mirrored import MirroredStore
 from sidecar.store.sqlite import SqliteStore
 
@@ -43,7 +43,7 @@ class Tick:
 
 
 def rec(n: int, node: str, sha: str = "h") -> SegmentRecord:
-    return SegmentRecord("live/x", n, 0, n, 1, sha, 1, n, node)
+    return SegmentRecord("live/x", n, 0, n, 1, (Part("ts", sha, 1),), n, node)
 
 
 @pytest.fixture
@@ -106,4 +106,4 @@ def test_replay_reports_divergence(setup: tuple[MirroredStore, Flaky, SqliteStor
     store.recent("live/x", 5)
     assert store.divergences == 1
     # The mirror now holds the cluster's record: playlists agree with the other nodes.
-    assert store.local.recent("live/x", 5)[0].sha256 == "theirs"
+    assert store.local.recent("live/x", 5)[0].parts[0].sha256 == "theirs"

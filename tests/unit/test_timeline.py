@@ -3,8 +3,8 @@ from __future__ import annotations
 import m3u8
 import pytest
 
-from sidecar.hls import Variant, render_media, render_multivariant
-from sidecar.model import SegmentRecord
+from sidecar.manifests.hls import Variant, render_media, render_multivariant
+from sidecar.model import Part, SegmentRecord
 from sidecar.timeline import build_media_playlist, visible
 
 S = 90_000
@@ -13,8 +13,9 @@ D = 6 * S
 
 def rec(n: int, epoch: int = 0, dur: int = D, start: int | None = None,
         at: int | None = None) -> SegmentRecord:
-    return SegmentRecord("live/x", n, epoch, n * D if start is None else start, dur, f"h{n}",
-                         1000, (n + 1) * D + S // 2 if at is None else at, "a")
+    return SegmentRecord("live/x", n, epoch, n * D if start is None else start, dur,
+                         (Part("ts", f"h{n}", 1000),), (n + 1) * D + S // 2 if at is None else at,
+                         "a")
 
 
 def firsts(records: list[SegmentRecord]) -> dict[int, int]:

@@ -1,0 +1,1 @@
+"""Manifest renderers side by side (HLS, DASH), both fed by the timeline model."""
