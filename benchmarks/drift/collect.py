@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from benchmarks.drift.media import SegmentMedia, inspect_segment
+from benchmarks.drift.media import SegmentMedia
 from benchmarks.drift.packagers import Node, parse_playlist
 
 
@@ -185,6 +185,6 @@ class Collector:
                     version = known.seg.version + 1
                     log.rewritten += 1
                 seg = Seg(n.packager, n.label, uri, listing.media_sequence + i, sha, len(data),
-                          now, inspect_segment(data), version)
+                          now, n.inspect(uri, data, listing, self.clients[n.name]), version)
                 log.segs.append(seg)
                 log.known[uri] = _Known(stat, seg)

@@ -102,14 +102,21 @@ class SegmentMedia:
     keyframe_first: bool
 
 
-def inspect_segment(data: bytes) -> SegmentMedia:
-    """Demux an MPEG-TS segment (in memory) and identify its first video frame."""
+def inspect_segment(data: bytes, init: bytes | None = None) -> SegmentMedia:
+    """Demux a segment (in memory) and identify its first video frame.
+
+    ``init``: the CMAF init segment the (fMP4) segment belongs to; without it the segment
+    is MPEG-TS.
+    """
     try:
-        with av.open(io.BytesIO(data), mode="r", format="mpegts") as c:
+        blob, fmt = (init + data, "mp4") if init is not None else (data, "mpegts")
+        with av.open(io.BytesIO(blob), mode="r", format=fmt) as c:
             if not c.streams.video:
                 return SegmentMedia(None, 0, False)
             vs = c.streams.video[0]
             codec = vs.codec_context.name
+            lsize = (_length_size(codec, bytes(vs.codec_context.extradata or b""))
+                     if init is not None else None)
             first: str | None = None
             key = False
             frames = 0
@@ -118,7 +125,7 @@ def inspect_segment(data: bytes) -> SegmentMedia:
                     continue
                 frames += 1
                 if first is None:
-                    first = frame_id(codec, bytes(pkt), None)
+                    first = frame_id(codec, bytes(pkt), lsize)
                     key = bool(pkt.is_keyframe)
             return SegmentMedia(first, frames, key)
     except (av.FFmpegError, OSError, ValueError) as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.drift.media import SegmentMedia, inspect_segment
 from benchmarks.drift.procs import (
     LOCALHOST,
     Proc,
@@ -190,6 +191,7 @@ class Listing:
     media_sequence: int = 0
     uris: list[str] = field(default_factory=list)
     gaps: set[str] = field(default_factory=set)
+    maps: dict[str, str] = field(default_factory=dict)  # fMP4: segment URI -> its EXT-X-MAP
 
 
 def parse_playlist(text: str | None) -> Listing:
@@ -198,20 +200,26 @@ def parse_playlist(text: str | None) -> Listing:
     seq = 0
     uris: list[str] = []
     gaps: set[str] = set()
+    maps: dict[str, str] = {}
     gap = False
+    current_map = ""
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
             with contextlib.suppress(ValueError):
                 seq = int(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-MAP:"):
+            current_map = line.split('URI="', 1)[-1].split('"', 1)[0]
         elif line == "#EXT-X-GAP":
             gap = True
         elif line and not line.startswith("#"):
             uris.append(line)
             if gap:
                 gaps.add(line)
+            if current_map:
+                maps[line] = current_map
             gap = False
-    return Listing(text, seq, uris, gaps)
+    return Listing(text, seq, uris, gaps, maps)
 
 
 class Node:
@@ -263,6 +271,11 @@ class Node:
 
     def segment(self, uri: str, client: httpx.Client) -> bytes | None:
         raise NotImplementedError
+
+    def inspect(self, uri: str, data: bytes, listing: Listing,
+                client: httpx.Client) -> SegmentMedia:
+        """What the segment holds (its first video frame); MPEG-TS unless overridden."""
+        return inspect_segment(data)
 
     def segment_stat(self, uri: str) -> tuple[int, int] | None:
         """(mtime_ns, size) of the segment file, to notice a file rewritten in place."""
@@ -326,6 +339,38 @@ class SidecarNode(Node):
 
     def segment_path(self, uri: str) -> Path:
         return self.workdir / "data" / "segments" / APP / STREAM / "src" / uri
+
+
+class SidecarCmafNode(SidecarNode):
+    """The sidecar's CMAF output alone (``--outputs cmaf``): fMP4 HLS video track."""
+
+    packager = "sidecar-cmaf"
+
+    def __init__(self, label: str, workdir: Path, input_url: str, registry: Registry, *,
+                 store: Path, segment_duration: float, clock_offset_ms: int = 0,
+                 code: Path | None = None) -> None:
+        super().__init__(label, workdir, input_url, registry, store=store,
+                         segment_duration=segment_duration, clock_offset_ms=clock_offset_ms,
+                         code=code)
+        self.base = f"http://{LOCALHOST}:{self.port}/{APP}/{STREAM}/video"
+        self._inits: dict[str, bytes] = {}
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--outputs", "cmaf"]
+
+    def inspect(self, uri: str, data: bytes, listing: Listing,
+                client: httpx.Client) -> SegmentMedia:
+        name = listing.maps.get(uri)
+        if name is None:
+            return SegmentMedia(None, 0, False)
+        init = self._inits.get(name) or self.segment(name, client)
+        if init is None:
+            return SegmentMedia(None, 0, False)
+        self._inits[name] = init
+        return inspect_segment(data, init)
+
+    def segment_path(self, uri: str) -> Path:
+        return self.workdir / "data" / "segments" / APP / STREAM / "video" / uri
 
 
 class _FileNode(Node):

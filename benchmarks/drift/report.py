@@ -178,7 +178,8 @@ def plot(path: Path, results: list[ScenarioResult], segment_s: float = 6.0) -> b
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 2.5 * rows), squeeze=False)
-    colors = {"sidecar": "tab:green", "ffmpeg-hls": "tab:red", "nginx-hls": "tab:blue"}
+    colors = {"sidecar": "tab:green", "sidecar-cmaf": "tab:olive", "ffmpeg-hls": "tab:red",
+              "nginx-hls": "tab:blue"}
     styles = ["-", "--", ":", "-.", (0, (1, 3))]
     markers = ["o", "s", "^", "v", "D"]
     sizes = [7, 4, 3, 3, 3]

@@ -28,13 +28,14 @@ from benchmarks.drift.packagers import (
     Node,
     Origin,
     Relay,
+    SidecarCmafNode,
     SidecarNode,
 )
 from benchmarks.drift.procs import Registry, require_binary, require_rtmp_module, wait_until
 
 log = logging.getLogger("drift")
 
-PACKAGERS = ("sidecar", "ffmpeg-hls", "nginx-hls")
+PACKAGERS = ("sidecar", "sidecar-cmaf", "ffmpeg-hls", "nginx-hls")
 LABELS = "abcde"
 
 
@@ -180,7 +181,6 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
         origin.start()
         encoder = Encoder(work / "encoder", origin.url, reg, keyint=keyint, source=cfg.source)
         (work / "encoder").mkdir(exist_ok=True)
-        store = work / "timeline.sqlite3"
         nodes: list[Node] = []
         seed = 1
         for packager in cfg.packagers:
@@ -193,11 +193,14 @@ def run_scenario(sc: Scenario, cfg: RunConfig, workroot: Path,
                     seed += 1
                     relay.start()
                     url = f"rtmp://127.0.0.1:{relay.port}/live/demo"
-                if packager == "sidecar":
+                if packager in ("sidecar", "sidecar-cmaf"):
                     skew = sc.clock_skew_ms if i == 1 else 0
-                    nodes.append(SidecarNode(label, nwork, url, reg, store=store,
-                                             segment_duration=D, clock_offset_ms=skew,
-                                             code=cfg.sidecar_code))
+                    # Each sidecar variant is its own cluster with its own timeline store.
+                    kind = SidecarNode if packager == "sidecar" else SidecarCmafNode
+                    nodes.append(kind(label, nwork, url, reg,
+                                      store=work / f"timeline-{packager}.sqlite3",
+                                      segment_duration=D, clock_offset_ms=skew,
+                                      code=cfg.sidecar_code))
                 elif packager == "ffmpeg-hls":
                     nodes.append(FfmpegHlsNode(label, nwork, url, reg, segment_duration=D))
                 else:

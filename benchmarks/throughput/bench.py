@@ -215,25 +215,31 @@ def sidecar_argv() -> list[str]:
     return [found] if found else [sys.executable, "-m", "sidecar"]
 
 
-class SidecarSide:
-    label = "sidecar"
+# The sidecar sides: every output (the default: TS + CMAF), and TS only (CMAF off), to show
+# what the CMAF muxing costs.
+SIDECAR_OUTPUTS = {"sidecar": "ts,cmaf", "sidecar-ts": "ts"}
+PACKAGERS = ("sidecar", "sidecar-ts", "ffmpeg")
 
+
+class SidecarSide:
     def __init__(self, nginx: Nginx, n: int, workdir: Path, logdir: Path,
-                 segment_duration: int) -> None:
+                 segment_duration: int, label: str = "sidecar") -> None:
+        self.label = label
         self.n = n
         self.port = procs.free_port()
-        self.datadir = workdir / "sidecar"
-        self.log = logdir / "sidecar.log"
+        self.datadir = workdir / label
+        self.log = logdir / f"{label}.log"
         self.argv = [*sidecar_argv(), "serve", "--node-id", "bench",
                      "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.datadir),
-                     "--segment-duration", str(segment_duration), "--log-level", "info"]
+                     "--segment-duration", str(segment_duration), "--log-level", "info",
+                     "--outputs", SIDECAR_OUTPUTS[label]]
         for i in range(n):
             self.argv += ["--stream", f"live/s{i}={nginx.url(f's{i}')}"]
         self.procs: list[Proc] = []
         self.last_status: dict[str, Any] | None = None
 
     def start(self) -> list[Proc]:
-        self.procs = [Proc(self.argv, self.log, "sidecar")]
+        self.procs = [Proc(self.argv, self.log, self.label)]
         return self.procs
 
     def segments(self) -> dict[str, int] | None:
@@ -477,7 +483,7 @@ def measure(side: SidecarSide | FfmpegSide, *, n: int, rep: int, window: float,
     res.processes = len(ps)
     res.segments_total = dict(sorted(seg1.items(), key=lambda kv: int(kv[0][1:])))
     res.segments_window = {k: v - seg0.get(k, 0) for k, v in res.segments_total.items()}
-    res.log_levels, res.log_messages = summarize_logs(side.logs(), side.label == "sidecar")
+    res.log_levels, res.log_messages = summarize_logs(side.logs(), side.label.startswith("sidecar"))
 
     if res.died:
         res.problems.append(f"{len(res.died)} process(es) died during the run: {res.died[:5]}")
@@ -583,12 +589,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 context = [*pubs, nginx.proc] if nginx.proc else pubs
                 try:
                     sleep_bounded(args.settle, deadline)
-                    order = ["sidecar", "ffmpeg"] if rep % 2 == 0 else ["ffmpeg", "sidecar"]
+                    order = list(PACKAGERS) if rep % 2 == 0 else list(reversed(PACKAGERS))
                     for which in order:
                         work = workroot / f"n{n}-r{rep}"
                         side: SidecarSide | FfmpegSide
-                        if which == "sidecar":
-                            side = SidecarSide(nginx, n, work, logdir, args.segment_duration)
+                        if which in SIDECAR_OUTPUTS:
+                            side = SidecarSide(nginx, n, work, logdir, args.segment_duration,
+                                               which)
                         else:
                             side = FfmpegSide(nginx, n, work, logdir, args.segment_duration,
                                               cap_s=args.warmup_max + args.seconds + 60)
@@ -633,7 +640,7 @@ def summarize(results: list[RunResult], counts: list[int]) -> list[dict[str, Any
     rows = []
     for n in counts:
         row: dict[str, Any] = {"n": n}
-        for pk in ("sidecar", "ffmpeg"):
+        for pk in PACKAGERS:
             rs = [r for r in results if r.n == n and r.packager == pk]
             if not rs:
                 continue
@@ -670,13 +677,17 @@ def summarize(results: list[RunResult], counts: list[int]) -> list[dict[str, Any
                 "clean_stop": all(r.clean_exit for r in rs),
                 "problems": sorted({p for r in rs for p in r.problems}),
             }
-        if "sidecar" in row and "ffmpeg" in row:
-            s, f = row["sidecar"], row["ffmpeg"]
-            row["ratio_sidecar_over_ffmpeg"] = {
-                "cpu": s["cpu_s"] / f["cpu_s"] if f["cpu_s"] else None,
-                "peak_rss": s["peak_rss_mib"] / f["peak_rss_mib"] if f["peak_rss_mib"] else None,
-                "peak_pss": s["peak_pss_mib"] / f["peak_pss_mib"] if f["peak_pss_mib"] else None,
-            }
+        for a, b in (("sidecar", "ffmpeg"), ("sidecar-ts", "ffmpeg"),
+                     ("sidecar", "sidecar-ts")):
+            if a in row and b in row:
+                s, f = row[a], row[b]
+                row[f"ratio_{a}_over_{b}".replace("-", "_")] = {
+                    "cpu": s["cpu_s"] / f["cpu_s"] if f["cpu_s"] else None,
+                    "peak_rss": (s["peak_rss_mib"] / f["peak_rss_mib"]
+                                 if f["peak_rss_mib"] else None),
+                    "peak_pss": (s["peak_pss_mib"] / f["peak_pss_mib"]
+                                 if f["peak_pss_mib"] else None),
+                }
         rows.append(row)
     return rows
 

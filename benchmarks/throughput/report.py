@@ -30,10 +30,20 @@ def _grid(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+PACKAGERS = ("sidecar", "sidecar-ts", "ffmpeg")
+RATIOS = (("sidecar", "ffmpeg"), ("sidecar-ts", "ffmpeg"), ("sidecar", "sidecar-ts"))
+
+
 def _name(pk: str, n: int) -> str:
     if pk == "sidecar":
-        return "sidecar (1 process)"
+        return "sidecar TS+CMAF (1 process)"
+    if pk == "sidecar-ts":
+        return "sidecar TS only (1 process)"
     return f"ffmpeg ({n} process{'es' if n > 1 else ''})"
+
+
+def _ratio_key(a: str, b: str) -> str:
+    return f"ratio_{a}_over_{b}".replace("-", "_")
 
 
 def table(summary: list[dict[str, Any]]) -> str:
@@ -44,7 +54,7 @@ def table(summary: list[dict[str, Any]]) -> str:
     rows: list[list[str]] = []
     for row in summary:
         n = row["n"]
-        for pk in ("sidecar", "ffmpeg"):
+        for pk in PACKAGERS:
             s = row.get(pk)
             if s is None:
                 continue
@@ -56,11 +66,12 @@ def table(summary: list[dict[str, Any]]) -> str:
                          _fmt(s["pss_per_stream_mib"]), segs,
                          "yes" if s.get("measured_ok", s["ok"]) else "NO",
                          "yes" if s.get("clean_stop", True) else "NO (killed)"])
-        ratio = row.get("ratio_sidecar_over_ffmpeg")
-        if ratio:
-            rows.append([str(n), "ratio sidecar/ffmpeg", f"{_fmt(ratio['cpu'], '.2f')}x", "", "",
-                         f"{_fmt(ratio['peak_rss'], '.2f')}x", "",
-                         f"{_fmt(ratio['peak_pss'], '.2f')}x", "", "", "", ""])
+        for a, b in RATIOS:
+            ratio = row.get(_ratio_key(a, b))
+            if ratio:
+                rows.append([str(n), f"ratio {a}/{b}", f"{_fmt(ratio['cpu'], '.2f')}x", "", "",
+                             f"{_fmt(ratio['peak_rss'], '.2f')}x", "",
+                             f"{_fmt(ratio['peak_pss'], '.2f')}x", "", "", "", ""])
     return _grid(head, rows)
 
 
@@ -72,7 +83,7 @@ def conditions(summary: list[dict[str, Any]]) -> str:
     rows = []
     for row in summary:
         n = row["n"]
-        for pk in ("sidecar", "ffmpeg"):
+        for pk in PACKAGERS:
             s = row.get(pk)
             if s is None:
                 continue
@@ -96,7 +107,9 @@ def marginal(summary: list[dict[str, Any]]) -> str:
     lo, hi = min(rows, key=lambda r: r["n"]), max(rows, key=lambda r: r["n"])
     dn = hi["n"] - lo["n"]
     out = []
-    for pk in ("sidecar", "ffmpeg"):
+    for pk in PACKAGERS:
+        if pk not in lo or pk not in hi:
+            continue
         a, b = lo[pk], hi[pk]
         out.append([_name(pk, 1).split(" (")[0], _fmt(a["cpu_pct_core"], ".2f"),
                     _fmt((b["cpu_pct_core"] - a["cpu_pct_core"]) / dn, ".2f"),
@@ -113,7 +126,7 @@ def render(data: dict[str, Any]) -> str:
     a = data["args"]
     parts = [
         "",
-        f"# sidecar vs ffmpeg HLS throughput ({m['date']})",
+        f"# sidecar (TS+CMAF, TS only) vs ffmpeg HLS throughput ({m['date']})",
         "",
         f"- machine: {m['nproc']} cores, {m['cpu_model']}, {m['memory']} RAM, {m['os']}, "
         f"kernel {m['kernel']}",
@@ -149,11 +162,12 @@ def render(data: dict[str, Any]) -> str:
         parts.append("")
     for r in data["runs"]:
         lv = r["log_levels"]
-        if r["packager"] == "sidecar":
+        if r["packager"].startswith("sidecar"):
             bad = {k: v for k, v in lv.items() if k in ("WARNING", "ERROR", "CRITICAL",
                                                          "TRACEBACK")}
             extra = r.get("extras", {})
-            parts.append(f"- sidecar log N={r['n']} rep {r['rep'] + 1}: {lv.get('INFO', 0)} info, "
+            parts.append(f"- {r['packager']} log N={r['n']} rep {r['rep'] + 1}: "
+                         f"{lv.get('INFO', 0)} info, "
                          + (", ".join(f"{v} {k.lower()}" for k, v in bad.items()) or
                             "no warnings/errors")
                          + f"; /readyz {extra.get('readyz_status')}"
