@@ -34,6 +34,12 @@ def _why(exc: BaseException) -> str:
     return "read timeout" if text == "Immediate exit requested" else text
 
 
+def _codec(stream: Any) -> str:
+    """The codec's canonical name (``mp3``), not its decoder's (``mp3float``)."""
+    ctx = stream.codec_context
+    return str(ctx.codec.canonical_name) if ctx is not None else "?"
+
+
 def make_tracks(streams: list[Any]) -> tuple[tuple[TrackInfo, ...], dict[int, int]]:
     """Pick the first video and first audio stream; copy their codec parameters.
 
@@ -45,9 +51,9 @@ def make_tracks(streams: list[Any]) -> tuple[tuple[TrackInfo, ...], dict[int, in
     tracks: list[TrackInfo] = []
     mapping: dict[int, int] = {}
     video = next((s for s in streams if s.type == "video" and s.codec_context
-                  and s.codec_context.name in _VIDEO_CODECS), None)
+                  and _codec(s) in _VIDEO_CODECS), None)
     audio = next((s for s in streams if s.type == "audio" and s.codec_context
-                  and s.codec_context.name in _AUDIO_CODECS), None)
+                  and _codec(s) in _AUDIO_CODECS), None)
     for s in (video, audio):
         if s is None:
             continue
@@ -57,16 +63,16 @@ def make_tracks(streams: list[Any]) -> tuple[tuple[TrackInfo, ...], dict[int, in
         extradata = bytes(ctx.extradata) if ctx.extradata else None
         if s.type == "video":
             rate = s.average_rate or s.guessed_rate
-            tracks.append(TrackInfo(index, "video", ctx.name, codec_string(ctx.name, extradata),
+            tracks.append(TrackInfo(index, "video", _codec(s), codec_string(_codec(s), extradata),
                                     width=ctx.width, height=ctx.height,
                                     frame_rate=frame_rate_string(rate), template=template))
         else:
-            tracks.append(TrackInfo(index, "audio", ctx.name, codec_string(ctx.name, extradata),
+            tracks.append(TrackInfo(index, "audio", _codec(s), codec_string(_codec(s), extradata),
                                     sample_rate=ctx.sample_rate, channels=ctx.channels,
                                     template=template))
         mapping[s.index] = index
     if not tracks:
-        kinds = ", ".join(f"{s.type}/{s.codec_context.name if s.codec_context else '?'}"
+        kinds = ", ".join(f"{s.type}/{_codec(s)}"
                           for s in streams) or "none"
         raise InputError(f"no supported audio or video stream (found: {kinds})")
     return tuple(tracks), mapping

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from pathlib import Path
 
+import av
 import pytest
 
 from fixtures.media import make_clip
@@ -42,6 +44,47 @@ def test_mpegts_over_udp_with_b_frames(procs: ProcessRegistry, workdir: Path) ->
     for n in _segments(node, "live/udp"):
         frames, samples = decode_all(node.get(f"/live/udp/src/{n}.ts").content)
         assert frames >= 45 and samples > 0
+    # CMAF from MPEG-TS input: Annex B video with B-frames, AAC in ADTS. Each track's init +
+    # its media segments decode, every frame, with presentation times that never go back.
+    cmaf = node.get("/live/udp/video/media.m3u8").text
+    numbers = [int(line.split(".")[0]) for line in cmaf.splitlines() if line.endswith(".m4s")]
+    assert len(numbers) >= 3
+    for kind in ("video", "audio"):
+        blob = node.get(f"/live/udp/{kind}/init-0.mp4").content + b"".join(
+            node.get(f"/live/udp/{kind}/{n}.m4s").content for n in numbers)
+        with av.open(io.BytesIO(blob), format="mp4") as c:
+            frames = list(c.decode(c.streams[0]))
+        times = [f.pts for f in frames]
+        assert times == sorted(times) and len(set(times)) == len(times), kind
+        if kind == "video":
+            assert len(frames) >= 45 * len(numbers)
+        else:
+            assert sum(f.samples for f in frames) >= 48_000 * len(numbers)
+
+
+def test_mp3_audio_keeps_ts_and_says_why_there_is_no_cmaf(procs: ProcessRegistry,
+                                                          workdir: Path) -> None:
+    port = free_port()
+    node = SidecarNode("a", workdir, [f"live/mp3=udp://127.0.0.1:{port}"],
+                       registry=procs).start()
+    ffmpeg = require_binary("ffmpeg")
+    ManagedProcess([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
+                    "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=44100", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-g", "50", "-sc_threshold", "0", "-c:a", "libmp3lame",
+                    "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+                   workdir, name="mp3-encoder", registry=procs)
+    wait_until(lambda: len(_segments(node, "live/mp3")) >= 2, 60, 0.5, what="2 TS segments")
+    for n in _segments(node, "live/mp3"):  # the MP3 audio is in the TS output
+        frames, samples = decode_all(node.get(f"/live/mp3/src/{n}.ts").content)
+        assert frames >= 45 and samples >= 44_100
+    reason = "mp3 audio cannot be packaged as CMAF"
+    for path in ("/live/mp3/cmaf.m3u8", "/live/mp3/manifest.mpd", "/live/mp3/video/media.m3u8"):
+        r = node.get(path)
+        assert r.status_code == 404 and reason in r.json()["error"], (path, r.text)
+    status = node.get("/streams").json()["live/mp3"]["status"]
+    assert reason in status["cmaf_error"]
+    assert node.log_text().count("no CMAF output for this epoch") == 1  # once per epoch
 
 
 def test_rtmp_listen_push_target(procs: ProcessRegistry, workdir: Path) -> None:
