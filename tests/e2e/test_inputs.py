@@ -29,17 +29,23 @@ def _segments(node: SidecarNode, stream: str) -> list[int]:
     return node.segment_numbers(stream)
 
 
+def udp_encoder(port: int, workdir: Path, procs: ProcessRegistry, codec_args: list[str], *,
+                sample_rate: int) -> ManagedProcess:
+    """ffmpeg -re sending test video (H.264, keyframe every 2 s) and a tone as MPEG-TS/UDP."""
+    return ManagedProcess(
+        [require_binary("ffmpeg"), "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i",
+         f"sine=frequency=440:sample_rate={sample_rate}", "-c:v", "libx264", "-preset",
+         "ultrafast", "-g", "50", "-sc_threshold", "0", *codec_args, "-f", "mpegts",
+         f"udp://127.0.0.1:{port}?pkt_size=1316"], workdir, name="udp-encoder", registry=procs)
+
+
 def test_mpegts_over_udp_with_b_frames(procs: ProcessRegistry, workdir: Path) -> None:
     port = free_port()
     node = SidecarNode("a", workdir, [f"live/udp=udp://127.0.0.1:{port}"],
                        registry=procs).start()
-    ffmpeg = require_binary("ffmpeg")
-    ManagedProcess([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
-                    "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i",
-                    "sine=frequency=440:sample_rate=48000", "-c:v", "libx264", "-preset",
-                    "ultrafast", "-bf", "2", "-g", "50", "-keyint_min", "50", "-sc_threshold",
-                    "0", "-c:a", "aac", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
-                   workdir, name="udp-encoder", registry=procs)
+    udp_encoder(port, workdir, procs, ["-bf", "2", "-keyint_min", "50", "-c:a", "aac"],
+                sample_rate=48_000)
     wait_until(lambda: len(_segments(node, "live/udp")) >= 3, 60, 0.5, what="3 UDP segments")
     for n in _segments(node, "live/udp"):
         frames, samples = decode_all(node.get(f"/live/udp/src/{n}.ts").content)
@@ -67,13 +73,7 @@ def test_mp3_audio_keeps_ts_and_says_why_there_is_no_cmaf(procs: ProcessRegistry
     port = free_port()
     node = SidecarNode("a", workdir, [f"live/mp3=udp://127.0.0.1:{port}"],
                        registry=procs).start()
-    ffmpeg = require_binary("ffmpeg")
-    ManagedProcess([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
-                    "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i",
-                    "sine=frequency=440:sample_rate=44100", "-c:v", "libx264", "-preset",
-                    "ultrafast", "-g", "50", "-sc_threshold", "0", "-c:a", "libmp3lame",
-                    "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
-                   workdir, name="mp3-encoder", registry=procs)
+    udp_encoder(port, workdir, procs, ["-c:a", "libmp3lame"], sample_rate=44_100)
     wait_until(lambda: len(_segments(node, "live/mp3")) >= 2, 60, 0.5, what="2 TS segments")
     for n in _segments(node, "live/mp3"):  # the MP3 audio is in the TS output
         frames, samples = decode_all(node.get(f"/live/mp3/src/{n}.ts").content)
