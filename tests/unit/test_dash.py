@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -16,29 +17,20 @@ S = 90_000
 D = 6 * S
 N0 = 293_333_330  # a slot number of 2025 at D = 6 s
 NS = {"m": "urn:mpeg:dash:schema:mpd:2011"}
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "data" / "dash"
-# The schemas import these by URL; the test maps them to local copies (no network).
-LOCAL = {
-    "http://www.w3.org/XML/2008/06/xlink.xsd": SCHEMA_DIR / "xlink.xsd",
-    "http://www.w3.org/2001/xml.xsd": SCHEMA_DIR / "xml.xsd",
-}
+# Our own hand-written schema of the MPD subset the renderer emits (not MPEG's official
+# DASH-MPD.xsd; see tests/data/dash/README.md). Self-contained: no imports, no network.
+SUBSET_XSD = Path(__file__).resolve().parents[1] / "data" / "dash" / "mpd-live-subset.xsd"
+XS = "{http://www.w3.org/2001/XMLSchema}"
 
 VIDEO = TrackDesc("video", "avc1.64001F", 640, 360, "25", init=Part("video", "1" * 64, 800))
 AUDIO = TrackDesc("audio", "mp4a.40.2", sample_rate=48_000, channels=2,
                   init=Part("audio", "2" * 64, 600))
 
 
-class _LocalSchemas(etree.Resolver):
-    def resolve(self, url, pubid, context):  # type: ignore[no-untyped-def]
-        path = LOCAL.get(url)
-        return self.resolve_filename(str(path), context) if path else None
-
-
 @cache
 def schema() -> etree.XMLSchema:
-    parser = etree.XMLParser(load_dtd=True, no_network=True, resolve_entities=True)
-    parser.resolvers.add(_LocalSchemas())
-    return etree.XMLSchema(etree.parse(str(SCHEMA_DIR / "DASH-MPD.xsd"), parser))
+    parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    return etree.XMLSchema(etree.parse(str(SUBSET_XSD), parser))
 
 
 def rec(n: int, epoch: int = 0, dur: int | None = None, start: int | None = None,
@@ -329,3 +321,78 @@ def test_schema_rejects_a_broken_mpd() -> None:
     doc.remove(timing)
     doc.insert(0, timing)
     assert not schema().validate(doc)
+
+
+def _first(doc: etree._Element, path: str) -> etree._Element:
+    el = doc.find(path, NS)
+    assert el is not None, path
+    return el
+
+
+# Each breaks one rule of the subset schema; the error must name what was broken.
+BREAKAGES = {
+    "unknown attribute": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:Representation").set("foo", "1"),
+        "foo"),
+    "unknown attribute on MPD": (lambda d: d.set("mediaPresentationDurationX", "PT1S"),
+                                 "mediaPresentationDurationX"),
+    "unknown element": (
+        lambda d: etree.SubElement(_first(d, "m:Period"), f"{{{NS['m']}}}Label"), "Label"),
+    "missing Representation@bandwidth": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:Representation").attrib.pop(
+            "bandwidth"), "bandwidth"),
+    "missing S@d": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:SegmentTemplate/m:SegmentTimeline/m:S")
+        .attrib.pop("d"), "'d'"),
+    "missing MPD@profiles": (lambda d: d.attrib.pop("profiles"), "profiles"),
+    "missing UTCTiming@value": (lambda d: d[-1].attrib.pop("value"), "value"),
+    "minBufferTime is not a duration": (lambda d: d.set("minBufferTime", "12"),
+                                        "minBufferTime"),
+    "minBufferTime in seconds, lower case": (lambda d: d.set("minBufferTime", "PT12s"),
+                                             "minBufferTime"),
+    "publishTime is not a dateTime": (lambda d: d.set("publishTime", "1760000000"),
+                                      "publishTime"),
+    "MPD@type outside static|dynamic": (lambda d: d.set("type", "live"), "type"),
+    "negative timescale": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:SegmentTemplate").set(
+            "timescale", "-90000"), "timescale"),
+    "frameRate with zero denominator": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:Representation").set(
+            "frameRate", "30000/0"), "frameRate"),
+    "codecs with a blank": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:Representation").set(
+            "codecs", "avc1.64001F, mp4a.40.2"), "codecs"),
+    "SegmentTemplate after Representation": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet").append(
+            _first(d, "m:Period/m:AdaptationSet/m:SegmentTemplate")), "SegmentTemplate"),
+    "empty SegmentTimeline": (
+        lambda d: [t.getparent().remove(t) for t in d.iterfind(
+            "m:Period/m:AdaptationSet/m:SegmentTemplate/m:SegmentTimeline/m:S", NS)],
+        "SegmentTimeline"),
+    "descriptor without schemeIdUri": (
+        lambda d: _first(d, "m:Period/m:AdaptationSet/m:AudioChannelConfiguration").attrib.pop(
+            "schemeIdUri"), "schemeIdUri"),
+    "wrong namespace": (lambda d: setattr(d, "tag", "{urn:mpeg:dash:schema:mpd:2012}MPD"),
+                        "validation root"),
+}
+
+
+@pytest.mark.parametrize(("mutate", "named"), BREAKAGES.values(), ids=BREAKAGES.keys())
+def test_schema_rejects_each_broken_rule(mutate: Callable[[etree._Element], object],
+                                        named: str) -> None:
+    doc = parse(render_mpd(present([rec(N0)], {0: (VIDEO, AUDIO)}), utc_timing_url="/time"))
+    assert schema().validate(doc), "the unbroken MPD must be valid"
+    mutate(doc)
+    assert not schema().validate(doc)
+    assert named in str(schema().error_log)
+
+
+def test_subset_schema_is_closed_and_self_contained() -> None:
+    # No wildcards (so nothing outside the subset validates), no imports or includes
+    # (so no network and no third-party schema files), and a header saying what it is.
+    root = etree.parse(str(SUBSET_XSD), etree.XMLParser(no_network=True)).getroot()
+    for tag in ("any", "anyAttribute", "import", "include", "redefine"):
+        assert root.find(f".//{XS}{tag}") is None, tag
+    assert root.get("targetNamespace") == NS["m"]
+    header = SUBSET_XSD.read_text().split("<xs:schema", 1)[0]
+    assert "Hand-written" in header and "NOT the official" in header
