@@ -168,6 +168,70 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command()
+def package(
+    input_file: Annotated[Path, typer.Argument(metavar="INPUT",
+                                               help="Media file: MP4, MKV, MPEG-TS, ...")],
+    outdir: Annotated[Path, typer.Argument(help="Directory for playlists, MPD, segments.")],
+    segment_duration: Annotated[str, typer.Option(help="Seconds per segment.")] = "6",
+) -> None:
+    """Write a file's VOD package (HLS TS, HLS fMP4, DASH): the bytes /vod/ serves."""
+    from sidecar.vod.command import package_command
+
+    code = package_command(input_file, outdir, segment_duration)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def compare(
+    urls: Annotated[list[str], typer.Argument(
+        help="Two or more URLs of the same stream on different origins: HLS multivariant or "
+             "media playlists, or DASH MPDs (live or VOD).")],
+    duration: Annotated[float, typer.Option(
+        help="Seconds to compare; Ctrl-C stops early and prints the partial report.")] = 120.0,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Write the whole run (every poll, event and segment) as JSON.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="Write a PNG of each origin's boundary offset over time with divergences "
+             "marked. Needs matplotlib (in the test extras, or pip install "
+             "matplotlib).")] = None,
+    header: Annotated[list[str] | None, typer.Option(
+        help="'Name: value' sent with every request, repeatable (tokens).")] = None,
+    query: Annotated[list[str] | None, typer.Option(
+        help="'name=value' added to every request URL, repeatable (tokens).")] = None,
+    max_rps: Annotated[float, typer.Option(
+        help="Requests per second, all origins together.")] = 10.0,
+    max_kbps: Annotated[float, typer.Option(
+        help="Segment download bandwidth, kbit/s, all origins together.")] = 8000.0,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 5.0,
+    polls_per_target: Annotated[float, typer.Option(
+        help="Polls per target duration, at random instants.")] = 4.0,
+    variant: Annotated[int, typer.Option(
+        help="Which variant of a multivariant playlist to follow (0: the first).")] = 0,
+    insecure: Annotated[bool, typer.Option(help="Do not verify TLS certificates.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random poll instants.")] = None,
+) -> None:
+    """Poll origins at the same instants: are they interchangeable behind a round-robin
+    balancer? Exit 0: yes, for the whole run; 1: no; 2: the run could not be made."""
+    from sidecar.compare import CompareConfig, CompareError, execute, parse_header, parse_query
+
+    try:
+        cfg = CompareConfig(
+            urls=tuple(urls), duration=duration,
+            headers=tuple(parse_header(h) for h in header or ()),
+            query=tuple(parse_query(q) for q in query or ()), timeout=timeout,
+            max_rps=max_rps, max_kbps=max_kbps, polls_per_target=polls_per_target,
+            variant=variant, verify_tls=not insecure, seed=seed)
+    except CompareError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if len(urls) < 2 or min(duration, max_rps, max_kbps, timeout, polls_per_target) <= 0:
+        typer.echo("error: give two or more URLs and positive numbers", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(execute(cfg, json_path, png))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -34,7 +34,7 @@ CHANNEL_CONFIGURATION = "urn:mpeg:mpegB:cicp:ChannelConfiguration"
 
 # Channel count -> CICP ChannelConfiguration index (ISO/IEC 23091-3; the inverse of the
 # table Shaka Player's DashParser uses). Other counts have no unambiguous index.
-_CICP = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 11, 8: 7}
+CICP_CHANNELS = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 11, 8: 7}
 # Stable AdaptationSet@id per track kind: period connectivity needs matching ids.
 _ADAPTATION_ID = {"video": 0, "audio": 1}
 _MIME = {"video": "video/mp4", "audio": "audio/mp4"}
@@ -68,11 +68,11 @@ def render_mpd(p: Presentation, *, utc_timing_url: str) -> str:
         "profiles": PROFILES,
         "availabilityStartTime": "1970-01-01T00:00:00Z",
         "publishTime": format_program_date_time(p.publish_time),
-        "minimumUpdatePeriod": _duration(p.segment_duration),
-        "timeShiftBufferDepth": _duration(p.time_shift_buffer),
-        "suggestedPresentationDelay": _duration(p.suggested_delay),
-        "minBufferTime": _duration(p.min_buffer_time),
-        "maxSegmentDuration": _duration(longest),
+        "minimumUpdatePeriod": xs_duration(p.segment_duration),
+        "timeShiftBufferDepth": xs_duration(p.time_shift_buffer),
+        "suggestedPresentationDelay": xs_duration(p.suggested_delay),
+        "minBufferTime": xs_duration(p.min_buffer_time),
+        "maxSegmentDuration": xs_duration(longest),
     })
     bandwidth = dict(p.bandwidth)
     previous: Period | None = None
@@ -87,7 +87,7 @@ def render_mpd(p: Presentation, *, utc_timing_url: str) -> str:
 
 
 def _period(period: Period, previous: Period | None, bandwidth: dict[str, int]) -> ET.Element:
-    el = ET.Element("Period", {"id": period.id, "start": _duration(period.start)})
+    el = ET.Element("Period", {"id": period.id, "start": xs_duration(period.start)})
     for track in sorted(period.tracks, key=lambda t: _ADAPTATION_ID.get(t.kind, 99)):
         if track.init is None or track.kind not in _ADAPTATION_ID:
             continue
@@ -130,9 +130,9 @@ def _adaptation_set(period: Period, track: TrackDesc, connected_to: str | None,
             attrs["maxFrameRate"] = track.frame_rate
     el = ET.Element("AdaptationSet", attrs)
     # RepresentationBaseType's children come first, in the schema's order.
-    if kind == "audio" and track.channels in _CICP:
+    if kind == "audio" and track.channels in CICP_CHANNELS:
         ET.SubElement(el, "AudioChannelConfiguration", {
-            "schemeIdUri": CHANNEL_CONFIGURATION, "value": str(_CICP[track.channels])})
+            "schemeIdUri": CHANNEL_CONFIGURATION, "value": str(CICP_CHANNELS[track.channels])})
     if connected_to is not None:
         ET.SubElement(el, "SupplementalProperty", {
             "schemeIdUri": PERIOD_CONNECTIVITY, "value": connected_to})
@@ -182,7 +182,7 @@ def _runs(segments: Iterable[Entry]) -> list[tuple[int | None, int, int]]:
     return runs
 
 
-def _duration(ticks: int) -> str:
+def xs_duration(ticks: int) -> str:
     """``xs:duration`` in seconds: ``PT6S``, ``PT3.2S``, ``PT0.03337S`` (5 places, half up)."""
     if ticks < 0:
         raise ValueError(f"negative duration: {ticks} ticks")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from sidecar.manifests.dash import _duration, media_path, render_mpd
+from sidecar.manifests.dash import media_path, render_mpd, xs_duration
 from sidecar.model import Epoch, Part, SegmentRecord, TrackDesc
 from sidecar.timeline import Presentation, build_media_playlist, build_presentation
 
@@ -147,7 +147,7 @@ def test_mpd_structure_timeline_and_schema(case: Case) -> None:
 
     periods = doc.findall("m:Period", NS)
     assert [(q.get("id"), q.get("start")) for q in periods] == [
-        (i, _duration(start)) for i, start in case.periods]
+        (i, xs_duration(start)) for i, start in case.periods]
     listed = {q.id: [(e.start, e.duration) for e in q.segments] for q in p.periods}
     for i, (q, want) in enumerate(zip(periods, case.timelines, strict=True)):
         sets = q.findall("m:AdaptationSet", NS)
@@ -234,7 +234,7 @@ audioSamplingRate="48000" />
     (N0 * D + 45_000, "PT1759999980.5S"),
 ])
 def test_durations_are_exact_decimals_without_float_noise(ticks: int, text: str) -> None:
-    assert _duration(ticks) == text
+    assert xs_duration(ticks) == text
 
 
 def test_segment_duration_3_2_s_renders_pt3_2s_and_validates() -> None:
@@ -246,7 +246,7 @@ def test_segment_duration_3_2_s_renders_pt3_2s_and_validates() -> None:
     assert doc.get("minimumUpdatePeriod") == "PT3.2S"
     assert doc.get("maxSegmentDuration") == "PT3.2S"
     assert doc.get("suggestedPresentationDelay") == "PT13.6S"
-    assert doc.find("m:Period", NS).get("start") == _duration(N0 * d)
+    assert doc.find("m:Period", NS).get("start") == xs_duration(N0 * d)
 
 
 @pytest.mark.parametrize(("ticks", "text"), [
@@ -270,7 +270,7 @@ def test_gap_between_periods_keeps_period_starts_and_no_duration() -> None:
                            utc_timing_url="/time"))
     schema().assertValid(doc)
     periods = doc.findall("m:Period", NS)
-    assert [q.get("start") for q in periods] == [_duration(N0 * D), _duration((N0 + 5) * D)]
+    assert [q.get("start") for q in periods] == [xs_duration(N0 * D), xs_duration((N0 + 5) * D)]
     assert all(q.get("duration") is None for q in periods)
     first = expand(periods[0].find("m:AdaptationSet/m:SegmentTemplate/m:SegmentTimeline", NS))
     assert first[-1][0] + first[-1][1] == (N0 + 3) * D

@@ -1,0 +1,1 @@
+"""VOD benchmark: index, time to first segment cold/warm, vs ffmpeg -c copy -f hls."""
