@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -14,12 +15,15 @@ log = logging.getLogger(__name__)
 
 _SEGMENT = re.compile(r"^(\d{1,20})\.(ts|m4s)$")
 _INIT = re.compile(r"^init-(\d{1,10})\.mp4$")
+_WRITES = itertools.count()
 
 
 def _atomic_write(root: Path, name: str, data: bytes) -> Path:
     """Write, fsync, rename: readers (and a restarted node) only ever see whole files."""
     final = root / name
-    tmp = root / f".{name}.{os.getpid()}.tmp"
+    # Unique per write, not per process: two threads of one node can publish the same name
+    # at once (a peer fetch racing the local pipeline); sharing a temp file would tear it.
+    tmp = root / f".{name}.{os.getpid()}.{threading.get_ident()}.{next(_WRITES)}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
