@@ -25,8 +25,8 @@ T = TypeVar("T")
 
 class MirroredStore:
     def __init__(self, remote: TimelineStore, local: SqliteStore, *,
-                 retry_interval: float = 1.0, monotonic: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 retry_interval: float = 1.0, reseed_limit: int = 512,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.remote = remote
         self.local = local
         self.retry_interval = retry_interval
@@ -38,6 +38,9 @@ class MirroredStore:
         self.last_error: str | None = None
         self.divergences = 0
         self._mirrored: dict[str, int] = {}
+        # Streams this node has read or written: what to re-seed after an outage.
+        self._streams: set[str] = set()
+        self.reseed_limit = reseed_limit
 
     # -- state -----------------------------------------------------------------------
 
@@ -50,55 +53,97 @@ class MirroredStore:
                 "last_error": self.last_error, "divergences": self.divergences}
 
     def _remote(self, fn: Callable[[], T]) -> T | None:
-        """Call the cluster store, or return None (degraded) without waiting on it."""
-        with self._lock:
-            if self._down_since is not None and self._monotonic() < self._next_try:
-                return None
-        try:
-            result = fn()
-        except StoreError as exc:
-            with self._lock:
-                if self._down_since is None:
-                    self._down_since = self._monotonic()
-                    log.warning("timeline store unreachable, publishing from the local "
-                                "mirror: %s", exc)
-                self.last_error = str(exc)
-                self._next_try = self._monotonic() + self.retry_interval
-            return None
+        """Call the cluster store, or return None (degraded) without waiting on it.
+
+        Coming back, the store is first brought up to date (re-seeded and replayed) and only
+        then read: a read answered by a store that restarted empty would otherwise drop the
+        window from every playlist for a moment (players saw 404 on playlists).
+        """
         with self._lock:
             if self._down_since is not None:
-                down = self._monotonic() - self._down_since
-                self._down_since = None
-                log.warning("timeline store reachable again after %.1f s; replaying %d writes",
-                            down, len(self._queue))
-                self._replay()
-        return result
+                if self._monotonic() < self._next_try:
+                    return None
+                try:
+                    self._recover()
+                except StoreError as exc:
+                    self._fail(exc)
+                    return None
+        try:
+            return fn()
+        except StoreError as exc:
+            with self._lock:
+                self._fail(exc)
+            return None
 
-    def _replay(self) -> None:
+    def _fail(self, exc: StoreError) -> None:
+        if self._down_since is None:
+            self._down_since = self._monotonic()
+            log.warning("timeline store unreachable, publishing from the local mirror: %s", exc)
+        self.last_error = str(exc)
+        self._next_try = self._monotonic() + self.retry_interval
+
+    def _recover(self) -> None:
+        """Re-seed the store from the mirror, replay the queue; raises StoreError if it fails.
+
+        Redis without persistence restarts empty: the epochs and the window every node listed
+        before the outage would be gone from it. First-writer-wins makes re-seeding a no-op
+        where the store kept its data, and the same on every node where it did not.
+        """
+        assert self._down_since is not None
+        seeded = self._reseed()
+        pending = len(self._queue)
+        self._replay(seeded)
+        down = self._monotonic() - self._down_since
+        self._down_since = None
+        log.warning("timeline store reachable again after %.1f s; replayed %d writes, "
+                    "re-seeded %d records", down, pending, len(seeded))
+
+    def _reseed(self) -> set[tuple[str, str, int]]:
+        seeded: set[tuple[str, str, int]] = set()
+        for stream in sorted(self._streams):
+            records = self.local.recent(stream, self.reseed_limit)
+            first_epoch = min((r.epoch for r in records), default=None)
+            for epoch in self.local.epochs(stream):
+                if first_epoch is None or epoch.index >= first_epoch:
+                    self._seed_epoch(epoch)
+                    seeded.add(("epoch", stream, epoch.index))
+            for record in records:
+                self._seed_segment(record)
+                seeded.add(("segment", stream, record.number))
+                for node in self.local.holders(stream, record.number):
+                    self.remote.add_holder(stream, record.number, node)
+        return seeded
+
+    def _seed_epoch(self, item: Epoch) -> None:
+        epoch = self.remote.create_epoch(item)
+        if epoch != item:
+            self.divergences += 1
+            log.error("epoch %s/%d was decided differently while the store was down; "
+                      "adopting the cluster's", item.stream, item.index)
+        self.local.mirror_epoch(epoch)
+
+    def _seed_segment(self, item: SegmentRecord) -> None:
+        record = self.remote.put_segment(item)
+        if record.parts != item.parts:
+            self.divergences += 1
+            log.error("segment %s/%d differs from the cluster's after the outage",
+                      item.stream, item.number)
+        self.local.mirror_segments([record])
+
+    def _replay(self, seeded: set[tuple[str, str, int]]) -> None:
+        """Send the queued writes in order; on failure keep the rest queued and raise."""
         queue, self._queue = self._queue, []
         for i, (kind, item) in enumerate(queue):
             try:
-                if kind == "epoch":
-                    epoch = self.remote.create_epoch(item)
-                    if epoch != item:
-                        self.divergences += 1
-                        log.error("epoch %s/%d was decided differently while the store was "
-                                  "down; adopting the cluster's", item.stream, item.index)
-                    self.local.mirror_epoch(epoch)
-                elif kind == "segment":
-                    record = self.remote.put_segment(item)
-                    if record.parts != item.parts:
-                        self.divergences += 1
-                        log.error("segment %s/%d differs from the cluster's after the outage",
-                                  item.stream, item.number)
-                    self.local.mirror_segments([record])
+                if kind == "epoch" and ("epoch", item.stream, item.index) not in seeded:
+                    self._seed_epoch(item)
+                elif kind == "segment" and ("segment", item.stream, item.number) not in seeded:
+                    self._seed_segment(item)
                 elif kind == "holder":
                     self.remote.add_holder(*item)
             except StoreError:
                 self._queue = queue[i:] + self._queue
-                self._down_since = self._monotonic()
-                self._next_try = self._monotonic() + self.retry_interval
-                return
+                raise
 
     @staticmethod
     def _done(fn: Callable[..., None], *args: Any) -> bool:
@@ -117,6 +162,7 @@ class MirroredStore:
     # -- epochs ----------------------------------------------------------------------
 
     def latest_epoch(self, stream: str) -> Epoch | None:
+        self._streams.add(stream)
         remote = self._remote(lambda: self.remote.latest_epoch(stream))
         if remote is not None:
             self.local.mirror_epoch(remote)
@@ -124,6 +170,7 @@ class MirroredStore:
         return self.local.latest_epoch(stream)
 
     def create_epoch(self, epoch: Epoch) -> Epoch:
+        self._streams.add(epoch.stream)
         stored = self._remote(lambda: self.remote.create_epoch(epoch))
         if stored is not None:
             self.local.mirror_epoch(stored)
@@ -138,6 +185,7 @@ class MirroredStore:
     # -- segments --------------------------------------------------------------------
 
     def put_segment(self, record: SegmentRecord) -> SegmentRecord:
+        self._streams.add(record.stream)
         stored = self._remote(lambda: self.remote.put_segment(record))
         if stored is not None:
             self.local.mirror_segments([stored])
@@ -153,6 +201,7 @@ class MirroredStore:
             self._mirrored[stream] = fresh[-1].number
 
     def recent(self, stream: str, limit: int) -> list[SegmentRecord]:
+        self._streams.add(stream)
         remote = self._remote(lambda: self.remote.recent(stream, limit))
         if remote is not None:
             self._mirror(stream, remote)

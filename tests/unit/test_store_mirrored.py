@@ -107,3 +107,28 @@ def test_replay_reports_divergence(setup: tuple[MirroredStore, Flaky, SqliteStor
     assert store.divergences == 1
     # The mirror now holds the cluster's record: playlists agree with the other nodes.
     assert store.local.recent("live/x", 5)[0].parts[0].sha256 == "theirs"
+
+
+def test_a_store_that_restarted_empty_is_reseeded_before_it_is_read(
+        setup: tuple[MirroredStore, Flaky, SqliteStore, Tick], tmp_path: Path) -> None:
+    store, flaky, _, tick = setup
+    epoch = Epoch("live/x", 0, 5, 0, 0, 0, "a")
+    store.create_epoch(epoch)
+    for n in range(1, 6):
+        store.put_segment(rec(n, "a"))
+        store.add_holder("live/x", n, "a")
+    flaky.down = True
+    for n in (6, 7):
+        store.put_segment(rec(n, "a"))
+    # Redis without persistence comes back with nothing in it.
+    empty = SqliteStore(tmp_path / "restarted.db")
+    flaky.inner = empty
+    flaky.down = False
+    tick.t += 2
+    # The very first read after the outage already sees the whole window, not an empty one.
+    assert [r.number for r in store.recent("live/x", 10)] == [1, 2, 3, 4, 5, 6, 7]
+    assert store.latest_epoch("live/x") == epoch
+    assert [r.number for r in empty.recent("live/x", 10)] == [1, 2, 3, 4, 5, 6, 7]
+    assert empty.holders("live/x", 3) == ["a"]
+    assert store.status()["divergences"] == 0 and not store.degraded
+
