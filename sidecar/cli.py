@@ -93,16 +93,22 @@ def serve(
              "default ts,cmaf.")] = None,
     stream_outputs: Annotated[list[str] | None, typer.Option(
         help="APP/NAME=OUTPUTS, repeatable: this stream's outputs instead of --outputs.")] = None,
+    vod_root: Annotated[list[Path] | None, typer.Option(
+        help="Directory of video files served under /vod/ (repeatable, searched in order).")
+    ] = None,
+    vod_segment_duration: Annotated[str | None, typer.Option(
+        help="Seconds per VOD segment (default: --segment-duration).")] = None,
 ) -> None:
-    """Package live streams into grid-aligned HLS and serve them over HTTP."""
+    """Package live streams and video files into grid-aligned HLS and DASH, serve over HTTP."""
     try:
         settings = load_settings(
             config, node_id=node_id, listen=listen, data_dir=data_dir,
             segment_duration=segment_duration, window=window, streams=stream or None,
             store=store, publish_delay=publish_delay, clock_offset_ms=clock_offset_ms,
             advertise_url=advertise_url, log_level=log_level, outputs=outputs,
-            stream_outputs=stream_outputs or None)
-        if not settings.streams:
+            stream_outputs=stream_outputs or None, vod_roots=vod_root or None,
+            vod_segment_duration=vod_segment_duration)
+        if not settings.streams and not settings.vod_roots:
             settings.streams = [StreamSpec.parse(DEFAULT_STREAM)]
         _setup_logging(settings.log_level, settings.node_id)
         node = build_node(settings)
@@ -116,6 +122,9 @@ def serve(
             [f"{base}/cmaf.m3u8", f"{base}/manifest.mpd"]
             if "cmaf" in rt.pipeline.cfg.outputs else [])
         log.info("stream %s <- %s: %s", key, rt.spec.input, " ".join(urls))
+    for root in settings.vod_roots:
+        log.info("vod: files under %s at http://%s/vod/{file}/playlist.m3u8 (also cmaf.m3u8, "
+                 "manifest.mpd)", root, settings.listen)
     uvicorn.run(create_app(node), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
 

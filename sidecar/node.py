@@ -352,7 +352,9 @@ class Node:
         now = self.clock.now()
         stale = max(10 * self.settings.duration_ticks, 60 * TICKS_PER_SECOND)
         streams: dict[str, object] = {}
-        ok = bool(self.streams)
+        # A node with nothing to serve is not ready; a VOD-only node is, while its roots are.
+        vod = {str(r): r.is_dir() for r in self.settings.vod_roots}
+        ok = bool(self.streams or vod) and all(vod.values())
         for key, rt in self.streams.items():
             st = rt.pipeline.status
             missing, newest_at = await self.window_gaps(rt, fetch=False)
@@ -369,6 +371,8 @@ class Node:
                             "last_segment": st.last_number, "input_error": st.last_error}
             ok = ok and not reason
         body: dict[str, object] = {"ready": ok, "node": self.settings.node_id, "streams": streams}
+        if vod:
+            body["vod_roots"] = vod
         status = getattr(self.store, "status", None)
         if callable(status):
             body["store"] = status()

@@ -32,6 +32,8 @@ from sidecar.manifests.hls import (
 )
 from sidecar.node import CmafUnavailable, Node
 from sidecar.storage import LocalSegment
+from sidecar.vod.routes import vod_router
+from sidecar.vod.service import VodService
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
+    settings = node.settings
+    vod = (VodService(settings.vod_roots, settings.data_dir / "vod-index",
+                      settings.vod_duration_ticks) if settings.vod_roots else None)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = []
@@ -77,6 +83,8 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
             for t in pending:
                 log.error("task %s did not stop within 10 s", t.get_name())
             await node.peers.close()
+            if vod is not None:
+                vod.close()
 
     app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
@@ -138,6 +146,10 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         # Redis is the cluster's clock.
         return Response(format_program_date_time(node.clock.now()), media_type="text/plain",
                         headers={"Cache-Control": "no-store"})
+
+    if vod is not None:
+        # Before the live routes: /vod/{file}/playlist.m3u8 would match /{app}/{name}/...
+        app.include_router(vod_router(vod))
 
     @app.api_route("/{app_name}/{name}/playlist.m3u8", methods=["GET", "HEAD"])
     async def multivariant(app_name: str, name: str, request: Request) -> Response:

@@ -5,6 +5,7 @@ Precedence: command-line flags, then environment, then the TOML file, then defau
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from decimal import Decimal
@@ -37,6 +38,13 @@ def parse_outputs(value: Any) -> tuple[str, ...]:
     if not names:
         raise ValueError("at least one output (ts, cmaf) is needed")
     return tuple(o for o in OUTPUT_FAMILIES if o in names)
+
+
+def _valid_duration(value: Decimal) -> Decimal:
+    if not Decimal("0.5") <= value <= Decimal(60):
+        raise ValueError("segment duration must be between 0.5 and 60 seconds")
+    seconds_to_ticks(value)
+    return value
 
 
 class StreamSpec(BaseModel):
@@ -89,6 +97,40 @@ class Settings(BaseSettings):
     stream_outputs: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
     # DASH suggestedPresentationDelay in seconds (default: see ``dash_delay_ticks``).
     dash_delay: Decimal | None = None
+    # VOD: directories whose files are served under /vod/ (searched in order); the
+    # environment gives them separated by ':' (``SIDECAR_VOD_ROOTS=/srv/a:/srv/b``).
+    vod_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Seconds per VOD segment (default: segment_duration).
+    vod_segment_duration: Decimal | None = None
+
+    @field_validator("vod_roots", mode="before")
+    @classmethod
+    def _parse_vod_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(os.pathsep) if v.strip()]
+        return value
+
+    @field_validator("vod_roots")
+    @classmethod
+    def _check_vod_roots(cls, value: list[Path]) -> list[Path]:
+        for root in value:
+            if not root.is_dir():
+                raise ValueError(f"VOD root {str(root)!r} is not a directory")
+        return value
+
+    @field_validator("vod_segment_duration")
+    @classmethod
+    def _check_vod_duration(cls, value: Decimal | None) -> Decimal | None:
+        return None if value is None else _valid_duration(value)
+
+    @field_validator("streams")
+    @classmethod
+    def _vod_is_reserved(cls, value: list[StreamSpec]) -> list[StreamSpec]:
+        taken = [s.key for s in value if s.app == "vod"]
+        if taken:
+            raise ValueError(f"stream {taken[0]}: the application name 'vod' is reserved for "
+                             "files (/vod/...)")
+        return value
 
     @field_validator("outputs", mode="before")
     @classmethod
@@ -136,10 +178,7 @@ class Settings(BaseSettings):
     @field_validator("segment_duration")
     @classmethod
     def _check_duration(cls, value: Decimal) -> Decimal:
-        if not Decimal("0.5") <= value <= Decimal(60):
-            raise ValueError("segment duration must be between 0.5 and 60 seconds")
-        seconds_to_ticks(value)
-        return value
+        return _valid_duration(value)
 
     @model_validator(mode="after")
     def _known_stream_outputs(self) -> Settings:
@@ -200,6 +239,10 @@ class Settings(BaseSettings):
         if self.dash_delay is not None:
             return seconds_to_ticks(self.dash_delay)
         return 3 * self.duration_ticks + 4 * 90_000
+
+    @property
+    def vod_duration_ticks(self) -> int:
+        return seconds_to_ticks(self.vod_segment_duration or self.segment_duration)
 
     @property
     def base_url(self) -> str:

@@ -24,9 +24,11 @@ def init_uri(epoch: int) -> str:
 
 
 def render_media(pl: MediaPlaylist, ext: str = "ts",
-                 init: Callable[[int], str] | None = None) -> str:
-    """A live media playlist. ``init`` (fMP4): the init segment URI of an epoch, written as
-    ``EXT-X-MAP`` before the first segment and after every discontinuity."""
+                 init: Callable[[int], str] | None = None, *,
+                 program_date_time: bool = True) -> str:
+    """A media playlist. ``init`` (fMP4): the init segment URI of an epoch, written as
+    ``EXT-X-MAP`` before the first segment and after every discontinuity.
+    ``program_date_time``: False for files, whose segments have no wall-clock time."""
     lines = [
         "#EXTM3U",
         f"#EXT-X-VERSION:{7 if init else 3}",
@@ -41,7 +43,8 @@ def render_media(pl: MediaPlaylist, ext: str = "ts",
             lines.append("#EXT-X-DISCONTINUITY")
         if init is not None and (i == 0 or e.discontinuity):
             lines.append(f'#EXT-X-MAP:URI="{init(e.epoch)}"')
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_program_date_time(e.start)}")
+        if program_date_time:
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_program_date_time(e.start)}")
         lines.append(f"#EXTINF:{format_seconds(e.duration)},")
         if e.gap:
             lines.append("#EXT-X-GAP")

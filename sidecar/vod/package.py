@@ -166,14 +166,15 @@ class Vod:
         return MediaPlaylist(target, first, 0, entries, ended=True)
 
     def ts_media(self) -> str:
-        return render_media(self.media_playlist())
+        return render_media(self.media_playlist(), program_date_time=False)
 
     def ts_multivariant(self) -> str:
         return ts_multivariant([self])
 
     def cmaf_media(self, kind: str) -> str:
         meta = self.cmaf_meta(kind)
-        return render_media(self.media_playlist(self.numbers(meta)), "m4s", init_uri)
+        return render_media(self.media_playlist(self.numbers(meta)), "m4s", init_uri,
+                            program_date_time=False)
 
     def cmaf_multivariant(self) -> str:
         return cmaf_multivariant([self])

@@ -18,7 +18,7 @@ def test_concurrent_writes_of_one_segment_publish_whole_files(tmp_path: Path) ->
             start.wait(timeout=10)
             for _ in range(10):
                 d.write(7, data)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer) for _ in range(6)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import m3u8
 import pytest
 from fastapi import FastAPI
@@ -321,11 +323,17 @@ def test_rendition_group_manifests(nodes: tuple[TestClient, TestClient]) -> None
     assert sets[0].get("maxWidth") == "320"
     # Same cut in every rendition: the same start times, even though lo.mp4 has no B-frames
     # (one common grid offset for the group).
-    starts = [[s.program_date_time for s in m3u8.loads(
+    # (VOD playlists carry no PROGRAM-DATE-TIME: the cut is read from the segments' PTS.)
+    starts = [[_first_video_pts(a.get(f"{GROUP}/{i}/src/{s.uri}").content) for s in m3u8.loads(
         a.get(f"{GROUP}/{i}/src/media.m3u8").text).segments] for i in (0, 1)]
     assert starts[0] == starts[1] and len(starts[0]) == 3
-    alone = m3u8.loads(a.get("/vod/movies/lo.mp4/src/media.m3u8").text).segments
-    assert alone[0].program_date_time != starts[1][0]  # its own offset when alone
+    alone = _first_video_pts(a.get("/vod/movies/lo.mp4/src/0.ts").content)
+    assert alone != starts[1][0]  # its own offset when alone
+
+
+def _first_video_pts(ts: bytes) -> int:
+    with av.open(io.BytesIO(ts), format="mpegts") as c:
+        return min(p.pts for p in c.demux(video=0) if p.pts is not None)
 
 
 def test_unaligned_renditions_are_refused(nodes: tuple[TestClient, TestClient]) -> None:
