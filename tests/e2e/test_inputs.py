@@ -99,9 +99,9 @@ def test_rtmp_listen_push_target(procs: ProcessRegistry, workdir: Path) -> None:
 
 def test_looped_file_keeps_one_epoch(procs: ProcessRegistry, workdir: Path) -> None:
     clip = make_clip(workdir / "clip.mp4", seconds=4)
-    node = SidecarNode("a", workdir, [f"vod/clip={clip}?loop=1"], registry=procs).start()
-    wait_until(lambda: len(_segments(node, "vod/clip")) >= 7, 60, 0.5, what="7 segments")
-    text = node.get("/vod/clip/src/media.m3u8").text
+    node = SidecarNode("a", workdir, [f"files/clip={clip}?loop=1"], registry=procs).start()
+    wait_until(lambda: len(_segments(node, "files/clip")) >= 7, 60, 0.5, what="7 segments")
+    text = node.get("/files/clip/src/media.m3u8").text
     assert "#EXT-X-DISCONTINUITY\n" not in text  # the loop continues the timeline
     assert "#EXT-X-GAP" not in text
 
