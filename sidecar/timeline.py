@@ -10,7 +10,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.grid import ceil_seconds, round_seconds
+from sidecar.grid import TICKS_PER_SECOND, ceil_seconds, round_seconds
 from sidecar.model import Epoch, SegmentRecord, TrackDesc
 
 
@@ -122,6 +122,28 @@ def build_media_playlist(
     return MediaPlaylist(target, first, max(dsn, 0), tuple(entries), ended)
 
 
+def short_tail_limit(duration: int) -> int:
+    """Ticks below which a Period's last segment is left out of the DASH timeline.
+
+    An epoch that ends just after a slot boundary (the encoder stopped) leaves a last
+    segment of a fraction of a second. Two clients cannot play one at the end of a Period:
+
+    * dash.js (5.2) stalls at the end of the previous segment (the tail is published only
+      when the next epoch starts), then gets a few tenths of a second more; Chromium does
+      not resume on that little data, and dash.js's gap jump only acts when less than
+      ``streaming.gaps.threshold`` (0.3 s) is buffered ahead: stuck for good.
+    * FFmpeg's dashdec (5.1) maps its position through whole seconds on every manifest
+      refresh (``refresh_manifest``: start time / timescale, then the first segment
+      starting at or after that second): a segment shorter than a second that does not
+      cross a second boundary maps back onto itself and is read again and again.
+
+    Leaving it out keeps every listed time exact: the Period's media ends where the
+    previous segment ends (the next Period starts later anyway). The tail stays in the
+    HLS playlists. At most one second, and never half a slot or more.
+    """
+    return min(TICKS_PER_SECOND, duration // 2)
+
+
 def build_presentation(
     pl: MediaPlaylist,
     epochs: dict[int, Epoch],
@@ -133,17 +155,22 @@ def build_presentation(
     bandwidth: dict[str, int],
     suggested_delay: int,
     min_buffer_time: int,
+    min_tail: int | None = None,
 ) -> Presentation:
     """The DASH view of a CMAF media playlist: its listed segments grouped by epoch.
 
     Gap entries are left out (a hole in a ``SegmentTimeline`` with ``$Time$`` addressing
     needs no filler); each epoch becomes a Period whose identity and start never change
-    while any of its segments is listed.
+    while any of its segments is listed. A Period's last segment shorter than
+    ``min_tail`` ticks (default :func:`short_tail_limit`) is left out of it: see there.
     """
+    limit = short_tail_limit(duration) if min_tail is None else min_tail
     periods: list[Period] = []
     group: list[Entry] = []
 
     def close() -> None:
+        if group and group[-1].duration < limit:
+            group.pop()
         if not group:
             return
         epoch = group[0].epoch

@@ -11,7 +11,12 @@ from lxml import etree
 
 from sidecar.manifests.dash import media_path, render_mpd, xs_duration
 from sidecar.model import Epoch, Part, SegmentRecord, TrackDesc
-from sidecar.timeline import Presentation, build_media_playlist, build_presentation
+from sidecar.timeline import (
+    Presentation,
+    build_media_playlist,
+    build_presentation,
+    short_tail_limit,
+)
 
 S = 90_000
 D = 6 * S
@@ -126,7 +131,28 @@ CASES = {
         {0: (V30, AUDIO)}, [("e0", N0 * D30)],
         [[(N0 * D30, D30, 1), (None, D30 + 3003, 0), (None, D30 - 3003, 0), (None, D30, 0)]],
         duration=D30),
+    # The encoder stopped 0.4 s into a slot: that tail of epoch 0 is left out of its Period
+    # (below a second, see timeline.short_tail_limit); the next Period is untouched.
+    "short tail of an epoch left out": Case(
+        [rec(n) for n in range(N0, N0 + 3)] + [rec(N0 + 3, dur=36_000)]
+        + [rec(n, 1) for n in range(N0 + 5, N0 + 8)],
+        {0: (VIDEO, AUDIO), 1: (VIDEO, AUDIO)},
+        [("e0", N0 * D), ("e1", (N0 + 5) * D)],
+        [[(N0 * D, D, 2)], [((N0 + 5) * D, D, 2)]], connected=[True]),
+    # A tail of a second or more stays.
+    "one-second tail kept": Case(
+        [rec(n) for n in range(N0, N0 + 3)] + [rec(N0 + 3, dur=S)]
+        + [rec(n, 1) for n in range(N0 + 5, N0 + 8)],
+        {0: (VIDEO, AUDIO), 1: (VIDEO, AUDIO)},
+        [("e0", N0 * D), ("e1", (N0 + 5) * D)],
+        [[(N0 * D, D, 2), (None, S, 0)], [((N0 + 5) * D, D, 2)]], connected=[True]),
 }
+
+
+@pytest.mark.parametrize(("duration", "limit"), [
+    (6 * S, S), (2 * S, S), (S, S // 2), (S // 2, S // 4), (3 * S // 2, 3 * S // 4)])
+def test_short_tail_limit_is_a_second_and_never_half_a_slot(duration: int, limit: int) -> None:
+    assert short_tail_limit(duration) == limit
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
