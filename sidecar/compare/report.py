@@ -171,7 +171,7 @@ def check_png_support() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise CompareError("--png needs matplotlib (in the test extras, or pip install "
+        raise CompareError("--png needs matplotlib: pip install 'sidecar[png]' (or "
                            "matplotlib)") from exc
 
 
