@@ -17,7 +17,7 @@ import uvicorn
 from sidecar.clock import Clock, SyncedClock, SystemClock
 from sidecar.errors import SidecarError
 from sidecar.grid import TICKS_PER_SECOND
-from sidecar.ingest import open_source
+from sidecar.ingest.failover import open_inputs
 from sidecar.node import Node, StreamRuntime
 from sidecar.pipeline import PipelineConfig, StreamPipeline
 from sidecar.server import create_app, sync_clock
@@ -49,7 +49,8 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
         if recovered:
             logging.getLogger("sidecar").info("stream %s: %d segments recovered from disk",
                                               spec.key, recovered)
-        source = open_source(spec.input, clock, open_timeout=settings.open_timeout,
+        source = open_inputs(spec.inputs or (spec.input,), clock, name=spec.key,
+                             open_timeout=settings.open_timeout,
                              read_timeout=settings.read_timeout)
         cfg = PipelineConfig(stream=spec.key, node=settings.node_id,
                              duration=settings.duration_ticks,
@@ -121,7 +122,7 @@ def serve(
         urls = ([f"{base}/playlist.m3u8"] if "ts" in rt.pipeline.cfg.outputs else []) + (
             [f"{base}/cmaf.m3u8", f"{base}/manifest.mpd"]
             if "cmaf" in rt.pipeline.cfg.outputs else [])
-        log.info("stream %s <- %s: %s", key, rt.spec.input, " ".join(urls))
+        log.info("stream %s <- %s: %s", key, " | ".join(rt.spec.inputs), " ".join(urls))
     for root in settings.vod_roots:
         log.info("vod: files under %s at http://%s/vod/{file}/playlist.m3u8 (also cmaf.m3u8, "
                  "manifest.mpd)", root, settings.listen)

@@ -137,7 +137,10 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
     @app.get("/streams")
     async def streams() -> dict[str, object]:
         return {key: {"input": rt.spec.input, "outputs": list(rt.pipeline.cfg.outputs),
-                      "status": vars(rt.pipeline.status)}
+                      "status": vars(rt.pipeline.status),
+                      # Several inputs: which one is read, and why (FailoverSource).
+                      **({"inputs": status()} if callable(
+                          status := getattr(rt.pipeline.source, "status", None)) else {})}
                 for key, rt in node.streams.items()}
 
     @app.get("/time")

@@ -11,6 +11,7 @@ import socket
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -47,12 +48,53 @@ def _valid_duration(value: Decimal) -> Decimal:
     return value
 
 
+# Schemes an input URL may have; an input without "://" is a file path or ``synthetic:``.
+INPUT_SCHEMES = ("rtmp", "rtmps", "udp", "tcp", "srt", "http", "https", "file")
+
+
+def check_input_url(url: str) -> str:
+    """One input URL, stripped; ``ValueError`` naming it when it is malformed."""
+    url = url.strip()
+    if not url:
+        raise ValueError("empty input URL")
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in INPUT_SCHEMES:
+        raise ValueError(f"input {url!r}: unknown scheme {parts.scheme!r} "
+                         f"(use {', '.join(INPUT_SCHEMES)})")
+    if scheme != "file":
+        try:
+            port = parts.port
+        except ValueError:
+            port, host = None, ""
+        else:
+            host = parts.hostname or ""
+        if not host or any(c.isspace() for c in url) or (parts.netloc.endswith(":")
+                                                          and port is None):
+            raise ValueError(f"input {url!r}: malformed URL (expected {scheme}://HOST[:PORT]/...)")
+    return url
+
+
 class StreamSpec(BaseModel):
-    """``APP/NAME=INPUT``: where the stream is published and where it comes from."""
+    """``APP/NAME=INPUT[|INPUT...]``: where the stream is published and where it comes from.
+
+    Several inputs (separated by ``|``) are tried in order: ``input`` is the first.
+    """
 
     app: str
     name: str
     input: str
+    inputs: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_inputs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("inputs") and "input" in data:
+            urls = tuple(check_input_url(u) for u in str(data["input"]).split("|"))
+            data = {**data, "input": urls[0], "inputs": urls}
+        return data
 
     @property
     def key(self) -> str:
@@ -68,7 +110,11 @@ class StreamSpec(BaseModel):
             raise ConfigError(
                 f"stream {text!r}: APP/NAME must be two names of letters, digits, '_', '-', '.'"
             )
-        return cls(app=parts[0], name=parts[1], input=url.strip())
+        try:
+            urls = tuple(check_input_url(u) for u in url.split("|"))
+        except ValueError as exc:
+            raise ConfigError(f"stream {text!r}: {exc}") from exc
+        return cls(app=parts[0], name=parts[1], input=urls[0], inputs=urls)
 
 
 class Settings(BaseSettings):
