@@ -94,8 +94,9 @@ def serve(
              "default ts,cmaf.")] = None,
     stream_outputs: Annotated[list[str] | None, typer.Option(
         help="APP/NAME=OUTPUTS, repeatable: this stream's outputs instead of --outputs.")] = None,
-    vod_root: Annotated[list[Path] | None, typer.Option(
-        help="Directory of video files served under /vod/ (repeatable, searched in order).")
+    vod_root: Annotated[list[str] | None, typer.Option(
+        help="DIR: video files served under /vod/; NAME=DIR: under /NAME/ (repeatable; "
+             "roots of one name are searched in order).")
     ] = None,
     vod_segment_duration: Annotated[str | None, typer.Option(
         help="Seconds per VOD segment (default: --segment-duration).")] = None,
@@ -124,8 +125,8 @@ def serve(
             if "cmaf" in rt.pipeline.cfg.outputs else [])
         log.info("stream %s <- %s: %s", key, " | ".join(rt.spec.inputs), " ".join(urls))
     for root in settings.vod_roots:
-        log.info("vod: files under %s at http://%s/vod/{file}/playlist.m3u8 (also cmaf.m3u8, "
-                 "manifest.mpd)", root, settings.listen)
+        log.info("vod: files under %s at http://%s/%s/{file}/playlist.m3u8 (also cmaf.m3u8, "
+                 "manifest.mpd)", root.path, settings.listen, root.app)
     uvicorn.run(create_app(node), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
 

@@ -353,7 +353,7 @@ class Node:
         stale = max(10 * self.settings.duration_ticks, 60 * TICKS_PER_SECOND)
         streams: dict[str, object] = {}
         # A node with nothing to serve is not ready; a VOD-only node is, while its roots are.
-        vod = {str(r): r.is_dir() for r in self.settings.vod_roots}
+        vod = {str(r.path): r.path.is_dir() for r in self.settings.vod_roots}
         ok = bool(self.streams or vod) and all(vod.values())
         for key, rt in self.streams.items():
             st = rt.pipeline.status

@@ -62,8 +62,12 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
     settings = node.settings
-    vod = (VodService(settings.vod_roots, settings.data_dir / "vod-index",
-                      settings.vod_duration_ticks) if settings.vod_roots else None)
+    # One VOD service per application name (``/vod/`` by default, ``NAME=DIR`` roots);
+    # the index cache of the default one stays where it always was.
+    vods = {name: VodService(roots, settings.data_dir / ("vod-index" if name == "vod"
+                                                         else f"vod-index-{name}"),
+                             settings.vod_duration_ticks)
+            for name, roots in settings.vod_apps.items()}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,7 +87,7 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
             for t in pending:
                 log.error("task %s did not stop within 10 s", t.get_name())
             await node.peers.close()
-            if vod is not None:
+            for vod in vods.values():
                 vod.close()
 
     app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)
@@ -150,9 +154,9 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         return Response(format_program_date_time(node.clock.now()), media_type="text/plain",
                         headers={"Cache-Control": "no-store"})
 
-    if vod is not None:
+    for name, vod in vods.items():
         # Before the live routes: /vod/{file}/playlist.m3u8 would match /{app}/{name}/...
-        app.include_router(vod_router(vod))
+        app.include_router(vod_router(vod, prefix=f"/{name}"))
 
     @app.api_route("/{app_name}/{name}/playlist.m3u8", methods=["GET", "HEAD"])
     async def multivariant(app_name: str, name: str, request: Request) -> Response:

@@ -117,6 +117,23 @@ class StreamSpec(BaseModel):
         return cls(app=parts[0], name=parts[1], input=urls[0], inputs=urls)
 
 
+class VodRoot(BaseModel):
+    """``DIR`` or ``NAME=DIR``: a directory of files served under ``/NAME/`` (default ``vod``)."""
+
+    app: str = "vod"
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> VodRoot:
+        name, sep, directory = text.partition("=")
+        if not sep:
+            return cls(path=Path(text.strip()))
+        if not NAME_RE.match(name.strip()) or not directory.strip():
+            raise ValueError(f"VOD root {text!r}: expected DIR or NAME=DIR (NAME of letters, "
+                             "digits, '_', '-', '.')")
+        return cls(app=name.strip(), path=Path(directory.strip()))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid")
     toml_path: ClassVar[Path | None] = None
@@ -143,9 +160,10 @@ class Settings(BaseSettings):
     stream_outputs: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
     # DASH suggestedPresentationDelay in seconds (default: see ``dash_delay_ticks``).
     dash_delay: Decimal | None = None
-    # VOD: directories whose files are served under /vod/ (searched in order); the
-    # environment gives them separated by ':' (``SIDECAR_VOD_ROOTS=/srv/a:/srv/b``).
-    vod_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # VOD: directories whose files are served under /vod/, or /NAME/ for ``NAME=DIR``
+    # (several roots of one name are searched in order); the environment gives them
+    # separated by ':' (``SIDECAR_VOD_ROOTS=/srv/a:movies=/srv/b``).
+    vod_roots: Annotated[list[VodRoot], NoDecode] = Field(default_factory=list)
     # Seconds per VOD segment (default: segment_duration).
     vod_segment_duration: Decimal | None = None
 
@@ -154,15 +172,26 @@ class Settings(BaseSettings):
     def _parse_vod_roots(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(os.pathsep) if v.strip()]
+        if isinstance(value, list | tuple):
+            value = [VodRoot.parse(v) if isinstance(v, str)
+                     else VodRoot(path=v) if isinstance(v, Path) else v for v in value]
         return value
 
     @field_validator("vod_roots")
     @classmethod
-    def _check_vod_roots(cls, value: list[Path]) -> list[Path]:
+    def _check_vod_roots(cls, value: list[VodRoot]) -> list[VodRoot]:
         for root in value:
-            if not root.is_dir():
-                raise ValueError(f"VOD root {str(root)!r} is not a directory")
+            if not root.path.is_dir():
+                raise ValueError(f"VOD root {str(root.path)!r} is not a directory")
         return value
+
+    @property
+    def vod_apps(self) -> dict[str, list[Path]]:
+        """Application name -> its VOD directories, in the order given."""
+        apps: dict[str, list[Path]] = {}
+        for root in self.vod_roots:
+            apps.setdefault(root.app, []).append(root.path)
+        return apps
 
     @field_validator("vod_segment_duration")
     @classmethod
@@ -177,6 +206,15 @@ class Settings(BaseSettings):
             raise ValueError(f"stream {taken[0]}: the application name 'vod' is reserved for "
                              "files (/vod/...)")
         return value
+
+    @model_validator(mode="after")
+    def _vod_apps_are_not_live(self) -> Settings:
+        # A live stream under a VOD root's name would be shadowed by the VOD routes.
+        clash = [s.key for s in self.streams if s.app in self.vod_apps]
+        if clash:
+            raise ValueError(f"stream {clash[0]}: its application name is a VOD root's "
+                             f"(/{clash[0].split('/')[0]}/... serves files)")
+        return self
 
     @field_validator("outputs", mode="before")
     @classmethod

@@ -22,7 +22,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("vod-src") / "clip.mp4", 6)
 
 
-def vod_node(tmp_path: Path, roots: list[Path]) -> Node:
+def vod_node(tmp_path: Path, roots: list[Path] | list[str]) -> Node:
     settings = load_settings(node_id="v", data_dir=tmp_path / "data", vod_roots=roots,
                              segment_duration="2")
     return Node(settings, SqliteStore(tmp_path / "t.db"), ManualClock(0), {})
@@ -55,6 +55,28 @@ def test_a_vod_only_node_is_ready_and_serves_files_not_live_names(tmp_path: Path
         assert r.status_code == 503 and r.json()["vod_roots"] == {str(root): False}
 
 
+def test_named_roots_are_served_under_their_own_names(tmp_path: Path, clip: Path) -> None:
+    plain, movies, more = tmp_path / "plain", tmp_path / "movies", tmp_path / "more"
+    for root, name in ((plain, "a.mp4"), (movies, "b.mp4"), (more, "c.mp4")):
+        root.mkdir()
+        shutil.copy(clip, root / name)
+    roots = [str(plain), f"movies={movies}", f"movies={more}"]
+    node = vod_node(tmp_path, roots)
+    assert node.settings.vod_apps == {"vod": [plain], "movies": [movies, more]}
+    with TestClient(create_app(node, run_pipelines=False)) as c:
+        assert c.get("/vod/a.mp4/playlist.m3u8").status_code == 200
+        assert c.get("/movies/b.mp4/playlist.m3u8").status_code == 200
+        assert c.get("/movies/c.mp4/cmaf.m3u8").status_code == 200  # the second root
+        assert c.get("/movies/_definst_/mp4:b.mp4/manifest.mpd").status_code == 200
+        # Each name sees only its own roots.
+        assert c.get("/vod/b.mp4/playlist.m3u8").status_code == 404
+        assert c.get("/movies/a.mp4/playlist.m3u8").status_code == 404
+        body = c.get("/movies/b.mp4/src/0.ts").content
+        assert body == c.get("/vod/a.mp4/src/0.ts").content  # same file, same bytes
+        assert c.get("/readyz").json()["vod_roots"] == {str(plain): True, str(movies): True,
+                                                        str(more): True}
+
+
 def test_a_node_with_neither_streams_nor_files_is_not_ready(tmp_path: Path) -> None:
     with TestClient(create_app(vod_node(tmp_path, []), run_pipelines=False)) as c:
         assert c.get("/readyz").status_code == 503
@@ -64,7 +86,23 @@ def test_a_node_with_neither_streams_nor_files_is_not_ready(tmp_path: Path) -> N
     ({"vod_roots": ["/nonexistent/movies"]}, "is not a directory"),
     ({"vod_segment_duration": "0.1"}, "between 0.5 and 60"),
     ({"streams": ["vod/demo=synthetic:"]}, "'vod' is reserved"),
+    ({"vod_roots": ["bad/name=/tmp"]}, "expected DIR or NAME=DIR"),
+    ({"vod_roots": ["movies="]}, "expected DIR or NAME=DIR"),
+    ({"vod_roots": ["movies={tmp}"], "streams": ["movies/demo=synthetic:"]},
+     "its application name is a VOD root's"),
 ])
-def test_bad_vod_settings_are_named(overrides: dict[str, object], message: str) -> None:
+def test_bad_vod_settings_are_named(overrides: dict[str, object], message: str,
+                                    tmp_path: Path) -> None:
+    filled = {k: [str(x).format(tmp=tmp_path) for x in v] if isinstance(v, list) else v
+              for k, v in overrides.items()}
     with pytest.raises(ConfigError, match=message):
-        load_settings(**overrides)
+        load_settings(**filled)
+
+
+def test_vod_roots_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.setenv("SIDECAR_VOD_ROOTS", f"{a}:movies={b}")
+    assert load_settings().vod_apps == {"vod": [a], "movies": [b]}
