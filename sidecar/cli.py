@@ -100,6 +100,16 @@ def serve(
     ] = None,
     vod_segment_duration: Annotated[str | None, typer.Option(
         help="Seconds per VOD segment (default: --segment-duration).")] = None,
+    token_secret: Annotated[str | None, typer.Option(
+        help="Shared secret: playlists, MPDs and segments need a playback token.")] = None,
+    token_scheme: Annotated[str | None, typer.Option(
+        help="wowza (SecureToken v2, default) or hmac (?expires=&token=).")] = None,
+    token_prefix: Annotated[str | None, typer.Option(
+        help="SecureToken query parameter prefix (default wowzatoken).")] = None,
+    token_hash: Annotated[str | None, typer.Option(
+        help="SecureToken hash: sha256 (default), sha384, sha512.")] = None,
+    token_include_ip: Annotated[bool | None, typer.Option(
+        "--token-include-ip", help="The client IP is part of the token.")] = None,
 ) -> None:
     """Package live streams and video files into grid-aligned HLS and DASH, serve over HTTP."""
     try:
@@ -109,7 +119,9 @@ def serve(
             store=store, publish_delay=publish_delay, clock_offset_ms=clock_offset_ms,
             advertise_url=advertise_url, log_level=log_level, outputs=outputs,
             stream_outputs=stream_outputs or None, vod_roots=vod_root or None,
-            vod_segment_duration=vod_segment_duration)
+            vod_segment_duration=vod_segment_duration, token_secret=token_secret,
+            token_scheme=token_scheme, token_prefix=token_prefix, token_hash=token_hash,
+            token_include_ip=token_include_ip)
         if not settings.streams and not settings.vod_roots:
             settings.streams = [StreamSpec.parse(DEFAULT_STREAM)]
         _setup_logging(settings.log_level, settings.node_id)

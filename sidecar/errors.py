@@ -25,3 +25,7 @@ class NotFound(SidecarError):
 
 class BadRequest(SidecarError):
     """A malformed name or path (HTTP 400)."""
+
+
+class Forbidden(SidecarError):
+    """A missing, malformed, invalid or expired playback token (HTTP 403)."""

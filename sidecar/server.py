@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sidecar import __version__
 from sidecar.clock import SyncedClock
-from sidecar.errors import BadRequest, NotFound, SidecarError, StoreError
+from sidecar.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreError
 from sidecar.grid import TICKS_PER_SECOND, format_program_date_time
 from sidecar.manifests.dash import render_mpd
 from sidecar.manifests.hls import (
@@ -31,6 +31,8 @@ from sidecar.manifests.hls import (
     render_multivariant,
 )
 from sidecar.node import CmafUnavailable, Node
+from sidecar.security import tokens
+from sidecar.settings import Settings
 from sidecar.storage import LocalSegment
 from sidecar.vod.routes import vod_router
 from sidecar.vod.service import VodService
@@ -91,6 +93,9 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
                 vod.close()
 
     app = FastAPI(title="hls-sidecar", version=__version__, lifespan=lifespan)
+    policy = token_policy(settings)
+    if policy is not None:  # added first: inside CORS and X-Node, so a 403 has both
+        app.middleware("http")(_token_gate(policy, node, settings.token_ip_header))
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
                        allow_headers=["*"], expose_headers=["ETag", "Content-Range", "X-Node"])
 
@@ -261,6 +266,54 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         raise NotFound("no such resource")
 
     return app
+
+
+def token_policy(settings: Settings) -> tokens.Policy | None:
+    """The playback token policy the settings ask for (None: no tokens)."""
+    if settings.token_secret is None:
+        return None
+    secret = settings.token_secret.get_secret_value()
+    try:
+        if settings.token_scheme == "hmac":
+            return tokens.HmacPolicy(secret, settings.token_include_ip)
+        return tokens.WowzaPolicy(secret, settings.token_prefix, settings.token_hash,
+                                  settings.token_include_ip, settings.token_instance)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _token_gate(policy: tokens.Policy, node: Node, ip_header: str | None
+                ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]],
+                              Awaitable[Response]]:
+    """Middleware: media paths need a valid token (403 otherwise); manifests carry it on."""
+
+    async def gate(request: Request,
+                   call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        if not tokens.is_protected(path):  # /healthz, /readyz, /time, ...
+            return await call_next(request)
+        client = request.client.host if request.client else None
+        if ip_header and (forwarded := request.headers.get(ip_header)):
+            client = forwarded.rsplit(",", 1)[-1].strip()
+        try:
+            grant = tokens.check(policy, path, request.query_params.multi_items(), client,
+                                 node.clock.now() // TICKS_PER_SECOND)
+        except Forbidden as exc:
+            return _error(403, str(exc))
+        response = await call_next(request)
+        media_type = response.headers.get("content-type", "")
+        if response.status_code != 200 or not grant.carried or not (
+                "mpegurl" in media_type or "dash+xml" in media_type):
+            return response
+        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        if request.method == "HEAD":
+            return Response(status_code=200, headers=headers)
+        # The ETag stays: the token is in the URL, so one URL still means one body.
+        text = tokens.carry(body.decode(), media_type, grant.carried)
+        return Response(text, status_code=200, headers=headers)
+
+    return gate
 
 
 def _gap(data: bytes, ext: str) -> Response:

@@ -10,10 +10,10 @@ import re
 import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -166,6 +166,17 @@ class Settings(BaseSettings):
     vod_roots: Annotated[list[VodRoot], NoDecode] = Field(default_factory=list)
     # Seconds per VOD segment (default: segment_duration).
     vod_segment_duration: Decimal | None = None
+    # Playback tokens (sidecar.security.tokens): a secret turns them on for every
+    # playlist, MPD and segment. Scheme "wowza" (SecureToken v2) or "hmac".
+    token_secret: SecretStr | None = Field(default=None, min_length=1)
+    token_scheme: Literal["wowza", "hmac"] = "wowza"
+    token_prefix: str = Field(default="wowzatoken", min_length=1)
+    token_hash: Literal["sha256", "sha384", "sha512"] = "sha256"
+    token_include_ip: bool = False
+    token_instance: str = Field(default="_definst_", min_length=1)
+    # Header holding the client address behind a balancer (its last value is used),
+    # e.g. "X-Forwarded-For"; without it the TCP peer's address is hashed.
+    token_ip_header: str | None = None
 
     @field_validator("vod_roots", mode="before")
     @classmethod

@@ -1,0 +1,1 @@
+"""Access control: playback tokens (``tokens.py``)."""
