@@ -17,12 +17,9 @@ import uvicorn
 from sidecar.clock import Clock, SyncedClock, SystemClock
 from sidecar.errors import SidecarError
 from sidecar.grid import TICKS_PER_SECOND
-from sidecar.ingest.failover import open_inputs
-from sidecar.node import Node, StreamRuntime
-from sidecar.pipeline import PipelineConfig, StreamPipeline
+from sidecar.node import Node, build_runtime
 from sidecar.server import create_app, sync_clock
 from sidecar.settings import Settings, StreamSpec, load_settings
-from sidecar.storage import StreamFiles
 from sidecar.store import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -39,24 +36,8 @@ def build_node(settings: Settings, clock: Clock | None = None) -> Node:
         host = SystemClock(settings.clock_offset_ms * TICKS_PER_SECOND // 1000)
         # With a store that keeps time (Redis), every node runs on the store's clock.
         clock = SyncedClock(host) if hasattr(store, "time") else host
-    streams: dict[str, StreamRuntime] = {}
-    for spec in settings.streams:
-        outputs = settings.outputs_for(spec.key)
-        parts = (("ts",) if "ts" in outputs else ()) + (
-            ("video", "audio") if "cmaf" in outputs else ())
-        files = StreamFiles(settings.data_dir / "segments" / spec.app / spec.name, parts)
-        recovered = files.recover()
-        if recovered:
-            logging.getLogger("sidecar").info("stream %s: %d segments recovered from disk",
-                                              spec.key, recovered)
-        source = open_inputs(spec.inputs or (spec.input,), clock, name=spec.key,
-                             open_timeout=settings.open_timeout,
-                             read_timeout=settings.read_timeout)
-        cfg = PipelineConfig(stream=spec.key, node=settings.node_id,
-                             duration=settings.duration_ticks,
-                             keep_segments=settings.window + settings.retain_extra,
-                             outputs=outputs)
-        streams[spec.key] = StreamRuntime(spec, StreamPipeline(cfg, source, store, files, clock))
+    streams = {spec.key: build_runtime(settings, spec, store, clock)
+               for spec in settings.streams}
     node = Node(settings, store, clock, streams)
     sync_clock(node)  # before any pipeline stamps a packet
     return node
@@ -110,6 +91,29 @@ def serve(
         help="SecureToken hash: sha256 (default), sha384, sha512.")] = None,
     token_include_ip: Annotated[bool | None, typer.Option(
         "--token-include-ip", help="The client IP is part of the token.")] = None,
+    discovery_callbacks: Annotated[bool | None, typer.Option(
+        "--discovery-callbacks", help="Serve nginx-rtmp/SRS publish callbacks under "
+        "/discovery/ (start and stop streams as publishers come and go).")] = None,
+    discovery_secret: Annotated[str | None, typer.Option(
+        help="Secret the callbacks must carry (?secret= or X-Sidecar-Secret).")] = None,
+    discovery_allow: Annotated[list[str] | None, typer.Option(
+        help="Address or network allowed to call the callbacks, repeatable "
+             "(default loopback).")] = None,
+    discovery_app: Annotated[list[str] | None, typer.Option(
+        help="Application discovered, repeatable (default live).")] = None,
+    discovery_input: Annotated[str | None, typer.Option(
+        help="Input of a stream a callback announces (default "
+             "rtmp://127.0.0.1:1935/{app}/{name}).")] = None,
+    discovery_linger: Annotated[float | None, typer.Option(
+        help="Seconds a stopped stream stays servable (default window x duration).")] = None,
+    wowza_rest: Annotated[str | None, typer.Option(
+        help="Wowza Streaming Engine REST API to poll, e.g. http://wse:8087.")] = None,
+    wowza_user: Annotated[str | None, typer.Option(help="Wowza REST user.")] = None,
+    wowza_password: Annotated[str | None, typer.Option(help="Wowza REST password.")] = None,
+    wowza_input: Annotated[str | None, typer.Option(
+        help="Input of a Wowza stream (default rtmp://WSE-HOST:1935/{app}/{name}).")] = None,
+    wowza_poll: Annotated[float | None, typer.Option(
+        help="Seconds between Wowza REST polls (default 5).")] = None,
 ) -> None:
     """Package live streams and video files into grid-aligned HLS and DASH, serve over HTTP."""
     try:
@@ -121,8 +125,13 @@ def serve(
             stream_outputs=stream_outputs or None, vod_roots=vod_root or None,
             vod_segment_duration=vod_segment_duration, token_secret=token_secret,
             token_scheme=token_scheme, token_prefix=token_prefix, token_hash=token_hash,
-            token_include_ip=token_include_ip)
-        if not settings.streams and not settings.vod_roots:
+            token_include_ip=token_include_ip, discovery_callbacks=discovery_callbacks,
+            discovery_secret=discovery_secret, discovery_allow=discovery_allow or None,
+            discovery_apps=discovery_app or None, discovery_input=discovery_input,
+            discovery_linger=discovery_linger, wowza_rest=wowza_rest, wowza_user=wowza_user,
+            wowza_password=wowza_password, wowza_input=wowza_input, wowza_poll=wowza_poll)
+        discovers = settings.discovery_callbacks or settings.wowza_rest
+        if not settings.streams and not settings.vod_roots and not discovers:
             settings.streams = [StreamSpec.parse(DEFAULT_STREAM)]
         _setup_logging(settings.log_level, settings.node_id)
         node = build_node(settings)

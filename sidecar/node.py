@@ -19,7 +19,7 @@ from sidecar.grid import TICKS_PER_SECOND, seconds_to_ticks
 from sidecar.manifests.hls import MEDIA_PLAYLIST, RENDITION, Variant
 from sidecar.model import Epoch, SegmentRecord
 from sidecar.peers import STALE_AFTER, PeerFetcher
-from sidecar.pipeline import StreamPipeline
+from sidecar.pipeline import PipelineConfig, StreamPipeline
 from sidecar.settings import NAME_RE, Settings, StreamSpec
 from sidecar.storage import LocalSegment, StreamFiles
 from sidecar.store import TimelineStore
@@ -49,6 +49,10 @@ class StreamRuntime:
     _epochs: dict[int, Epoch] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     _firsts_at: float = 0.0
+    # Runtime streams (sidecar.discovery): its pipeline and backfill tasks, and when it
+    # stopped reading (its window stays servable until it is removed).
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopped_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -57,6 +61,29 @@ class StreamRuntime:
     @property
     def files(self) -> StreamFiles:
         return self.pipeline.files
+
+
+def build_runtime(settings: Settings, spec: StreamSpec, store: TimelineStore,
+                  clock: Clock) -> StreamRuntime:
+    """One stream's files, source and pipeline (configured or discovered alike)."""
+    from sidecar.ingest.failover import open_inputs
+
+    outputs = settings.outputs_for(spec.key)
+    parts = (("ts",) if "ts" in outputs else ()) + (
+        ("video", "audio") if "cmaf" in outputs else ())
+    files = StreamFiles(settings.data_dir / "segments" / spec.app / spec.name, parts)
+    recovered = files.recover()
+    if recovered:
+        logging.getLogger("sidecar").info("stream %s: %d segments recovered from disk",
+                                          spec.key, recovered)
+    source = open_inputs(spec.inputs or (spec.input,), clock, name=spec.key,
+                         open_timeout=settings.open_timeout,
+                         read_timeout=settings.read_timeout)
+    cfg = PipelineConfig(stream=spec.key, node=settings.node_id,
+                         duration=settings.duration_ticks,
+                         keep_segments=settings.window + settings.retain_extra,
+                         outputs=outputs)
+    return StreamRuntime(spec, StreamPipeline(cfg, source, store, files, clock))
 
 
 def cmaf_parts(record: SegmentRecord, epoch: Epoch | None) -> tuple[str, ...] | None:
@@ -80,6 +107,62 @@ class Node:
         self.streams = streams
         self.started = time.monotonic()
         self.peers = PeerFetcher(store, settings.node_id)
+        # Streams come and go at runtime (discovery): a node with none yet is still ready.
+        self.discovering = False
+
+    # -- runtime streams ---------------------------------------------------------------
+
+    def launch(self, rt: StreamRuntime) -> None:
+        """Start ``rt``'s pipeline and backfill tasks (in the running event loop)."""
+        rt.tasks = [asyncio.create_task(rt.pipeline.run(), name=f"pipeline-{rt.key}"),
+                    asyncio.create_task(self.maintain(rt), name=f"backfill-{rt.key}")]
+
+    def stream_tasks(self) -> list[asyncio.Task[None]]:
+        return [t for rt in self.streams.values() for t in rt.tasks]
+
+    def stream_state(self, key: str) -> str:
+        """``running``, ``stopped`` (its window still served) or ``absent``."""
+        rt = self.streams.get(key)
+        return "absent" if rt is None else "running" if rt.stopped_at is None else "stopped"
+
+    def add_stream(self, spec: StreamSpec) -> StreamRuntime:
+        """Package ``spec`` from now on, exactly like a configured stream."""
+        old = self.streams.get(spec.key)
+        if old is not None and old.stopped_at is None:
+            raise BadRequest(f"stream {spec.key} is already running")
+        if old is not None:
+            for t in old.tasks:
+                t.cancel()
+        rt = build_runtime(self.settings, spec, self.store, self.clock)
+        self.streams[spec.key] = rt
+        self.launch(rt)
+        return rt
+
+    async def stop_stream(self, key: str, wait: float = 3.0) -> None:
+        """Stop reading ``key``; its window stays servable (and backfilled).
+
+        Waits (at most ``wait`` s) for the input to end on its own, so the open segment
+        holds every packet the media server sent, then publishes it.
+        """
+        rt = self.streams[key]
+        deadline = time.monotonic() + wait
+        while rt.pipeline.status.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        rt.stopped_at = time.monotonic()
+        pipeline = rt.tasks[0] if rt.tasks else None
+        if pipeline is not None:
+            pipeline.cancel()
+            await asyncio.wait({pipeline}, timeout=10)
+        try:
+            await rt.pipeline.drain()
+        except StoreError as exc:
+            log.error("stream %s: its last segment was not published: %s", key, exc)
+
+    def remove_stream(self, key: str) -> None:
+        """Forget a stopped stream: its URLs answer 404 from now on."""
+        rt = self.streams.pop(key)
+        for t in rt.tasks:
+            t.cancel()
 
     def stream(self, app: str, name: str) -> StreamRuntime:
         if not (NAME_RE.match(app) and NAME_RE.match(name)):
@@ -354,8 +437,10 @@ class Node:
         streams: dict[str, object] = {}
         # A node with nothing to serve is not ready; a VOD-only node is, while its roots are.
         vod = {str(r.path): r.path.is_dir() for r in self.settings.vod_roots}
-        ok = bool(self.streams or vod) and all(vod.values())
+        ok = bool(self.streams or vod or self.discovering) and all(vod.values())
         for key, rt in self.streams.items():
+            if rt.stopped_at is not None:  # stopped: served while it lasts, not required
+                continue
             st = rt.pipeline.status
             missing, newest_at = await self.window_gaps(rt, fetch=False)
             if newest_at is None:

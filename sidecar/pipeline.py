@@ -127,6 +127,12 @@ class StreamPipeline:
             self._reader.stop_event.set()
             await asyncio.to_thread(self._reader.stop)
 
+    async def drain(self) -> None:
+        """After ``run`` ended (the stream was stopped): publish what was open."""
+        if self._run is not None and self._run.segmenter is not None:
+            self._suspended, self._run = self._run, None
+        await self._flush_suspended()
+
     async def tick(self) -> None:
         """Called when the input is quiet: an epoch whose input stayed away ends here."""
         if (self._suspended is not None and self._suspended_at is not None

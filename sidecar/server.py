@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sidecar import __version__
 from sidecar.clock import SyncedClock
+from sidecar.discovery.setup import discovery_for
 from sidecar.errors import BadRequest, ConfigError, Forbidden, NotFound, SidecarError, StoreError
 from sidecar.grid import TICKS_PER_SECOND, format_program_date_time
 from sidecar.manifests.dash import render_mpd
@@ -71,17 +72,21 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
                              settings.vod_duration_ticks)
             for name, roots in settings.vod_apps.items()}
 
+    discovery = discovery_for(node)  # runtime streams: publish callbacks, Wowza REST
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = []
         if run_pipelines:
             for rt in node.streams.values():
-                tasks.append(asyncio.create_task(rt.pipeline.run(), name=f"pipeline-{rt.key}"))
-                tasks.append(asyncio.create_task(node.maintain(rt), name=f"backfill-{rt.key}"))
+                node.launch(rt)
             tasks.append(asyncio.create_task(_heartbeat(node), name="heartbeat"))
+            for loop in discovery.loops if discovery else ():
+                tasks.append(asyncio.create_task(loop(), name="discovery"))
         try:
             yield
         finally:
+            tasks += node.stream_tasks()  # configured and discovered streams
             for t in tasks:
                 t.cancel()
             # Bounded: shutdown never hangs on a task, whatever it is doing.
@@ -158,6 +163,9 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         # Redis is the cluster's clock.
         return Response(format_program_date_time(node.clock.now()), media_type="text/plain",
                         headers={"Cache-Control": "no-store"})
+
+    if discovery is not None:
+        app.include_router(discovery.router)
 
     for name, vod in vods.items():
         # Before the live routes: /vod/{file}/playlist.m3u8 would match /{app}/{name}/...

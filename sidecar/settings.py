@@ -178,6 +178,71 @@ class Settings(BaseSettings):
     # e.g. "X-Forwarded-For"; without it the TCP peer's address is hashed.
     token_ip_header: str | None = None
 
+    # Discovery (sidecar.discovery): streams started and stopped at runtime, from
+    # nginx-rtmp/SRS publish callbacks and/or a Wowza Streaming Engine REST API.
+    discovery_callbacks: bool = False
+    discovery_secret: SecretStr | None = None
+    # Callers allowed (addresses or networks); the environment gives them comma-separated.
+    discovery_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/8", "::1/128"])
+    discovery_apps: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["live"])
+    discovery_input: str = "rtmp://127.0.0.1:1935/{app}/{name}"
+    discovery_linger: float | None = Field(default=None, ge=0, le=86_400)
+    discovery_max_streams: int = Field(default=100, ge=1, le=10_000)
+    wowza_rest: str | None = None
+    wowza_user: str | None = None
+    wowza_password: SecretStr | None = None
+    wowza_input: str | None = None
+    wowza_poll: float = Field(default=5.0, ge=0.5, le=3600)
+
+    @field_validator("discovery_allow", "discovery_apps", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(
+            value, str) else value
+
+    @field_validator("discovery_allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"discovery allow-list {item!r}: {exc}") from exc
+        return value
+
+    @field_validator("discovery_apps")
+    @classmethod
+    def _check_apps(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if not NAME_RE.match(a) or ".." in a or a == "vod"]
+        if bad or not value:
+            raise ValueError(f"discovery application {bad[0] if bad else ''!r}: a name of "
+                             "letters, digits, '_', '-', '.' (not 'vod')")
+        return value
+
+    @field_validator("discovery_input", "wowza_input")
+    @classmethod
+    def _check_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "{app}" not in value or "{name}" not in value:
+            raise ValueError(f"input template {value!r} needs {{app}} and {{name}}")
+        try:
+            check_input_url(value.format(app="live", name="x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"input template {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("wowza_rest")
+    @classmethod
+    def _check_wowza(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https")
+                                  or not urlsplit(value).hostname):
+            raise ValueError(f"--wowza-rest {value!r}: expected http(s)://HOST:PORT")
+        return value
+
     @field_validator("vod_roots", mode="before")
     @classmethod
     def _parse_vod_roots(cls, value: Any) -> Any:
