@@ -271,6 +271,10 @@ class FailoverConnection:
             if not self.source.take_ready():
                 self.source.reason = (f"input {self.index + 1} ended: "
                                       f"{self.source.states[self.index].last_error}")
+                # The stream has moved: look everywhere again from a fresh backoff (probes
+                # of the preferred inputs may have backed off to the maximum meanwhile).
+                for state in self.source.states:
+                    state.failures, state.next_try = 0, 0
         self.conn.close()
 
 

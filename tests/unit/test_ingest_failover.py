@@ -79,6 +79,8 @@ class FakeConn:
             for p in self.pub.packets:
                 if p.arrival < self.since:
                     continue
+                if p.arrival >= self.pub.end:
+                    break
                 self.server.clock.t = max(self.server.clock.t, p.arrival)
                 yield p
         finally:
@@ -386,7 +388,8 @@ def test_planned_move_restarted_timestamps_same_new_epoch_on_every_node(
     nodes = {}
     for name, lat in (("a", 0), ("b", 30 * 90)):
         clock = ManualClock(WALL0 + lat)
-        srv_a = FakeServer("A", clock, [Publish(timed(one, WALL0, lat), 0, WALL0 + 20 * S)])
+        srv_a = FakeServer("A", clock, [Publish(timed(one, WALL0, lat), 0,
+                                                WALL0 + 20 * S + lat)])
         srv_b = FakeServer("B", clock, [Publish(timed(two, moved, lat), moved, 2**62)])
         own = [srv_a, srv_b] if name == "a" else [srv_b, srv_a]
         nodes[name] = Node(name, tmp_path, store, own, clock)
@@ -398,7 +401,7 @@ def test_planned_move_restarted_timestamps_same_new_epoch_on_every_node(
     assert a.source.states[1].reads == 1 and b.source.states[0].reads == 1  # both followed
     fa, fb = a.segments(), b.segments()
     shared = set(fa) & set(fb)
-    assert len(shared) >= 15 and all(fa[n] == fb[n] for n in shared)  # same names, bytes
+    assert len(shared) >= 15 and all(fa[n] == fb[n] for n in shared), (sorted(fa), sorted(fb))
     for node in (a, b):
         assert node.published == sorted(set(node.published))  # never twice, never back
         assert node.pipe.status.divergent == 0
@@ -439,3 +442,24 @@ def test_move_back_to_a_relay_continues_the_epoch(tmp_path: Path) -> None:
     # Only the slots around the move (the open one and the join margin) are left to peers.
     assert missing and len(missing) <= 2 and all(n0 + 4 <= n <= n0 + 7 for n in missing)
     assert a.pipe.status.divergent == 0 and b.pipe.status.divergent == 0
+
+
+def test_losing_the_current_input_restarts_every_backoff() -> None:
+    """Probes of the preferred input backed off to the cap while b was read; when b dies
+    the encoder reconnects elsewhere, so a is tried again at once, not a cap later."""
+    clock = ManualClock(WALL0)
+    src, (a, b) = make(clock, ["a", "b"], backoff_initial=0.5, backoff_max=8)
+    b.publishes.append(Publish(ticker(), 0, WALL0 + 30 * S))  # host b dies at 30 s
+    a.publishes.append(Publish(ticker(), WALL0 + 33 * S, 2**62))  # encoder on a at 33 s
+    stop = threading.Event()
+    conn = src.connect(stop)
+    list(conn.packets())
+    clock.t = WALL0 + 30 * S
+    assert src.states[0].failures >= 5  # backed off to the cap meanwhile
+    conn.close()
+    assert src.reason == "input 2 ended: end of input"
+    died = clock.now()
+    src.connect(stop)
+    assert src.active == 0
+    # Fresh backoff: 0, 0.5, 1.5, 3.5 s after the loss; the stream is there from 3 s.
+    assert [round((t - died) / S, 2) for t in a.attempts if t >= died] == [0, 0.5, 1.5, 3.5]
