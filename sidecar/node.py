@@ -465,6 +465,7 @@ class Node:
 
     async def maintain(self, rt: StreamRuntime) -> None:
         """Keep the whole current window servable: backfill what we lack from peers."""
+        rt.pipeline.metrics.publish_delay = self.settings.publish_delay_ticks / TICKS_PER_SECOND
         while True:
             try:
                 pl = await self.window(rt)

@@ -9,6 +9,7 @@ import logging
 import httpx
 
 from sidecar.grid import TICKS_PER_SECOND
+from sidecar.metrics import PeerMetrics
 from sidecar.model import Part, SegmentRecord
 from sidecar.storage import OUTPUTS, InitDir
 from sidecar.store import TimelineStore
@@ -26,6 +27,7 @@ class PeerFetcher:
         self._client: httpx.AsyncClient | None = None
         self.fetched = 0
         self.rejected = 0
+        self.metrics = PeerMetrics()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -48,15 +50,16 @@ class PeerFetcher:
         out = OUTPUTS[part]
         holders = await asyncio.to_thread(self.store.holders, record.stream, record.number)
         path = f"{record.stream}/{out.directory}/{record.number}.{out.ext}"
-        return await self._get(holders, path, want, now)
+        return await self._get(holders, path, want, now, record.stream, "segment")
 
     async def fetch_init(self, stream: str, epoch: int, init: Part, now: int) -> bytes | None:
         """An epoch's CMAF init segment from any live peer (every node of the epoch has it)."""
         nodes = [n.node for n in await asyncio.to_thread(self.store.nodes)]
         path = f"{stream}/{OUTPUTS[init.name].directory}/{InitDir.name(epoch)}"
-        return await self._get(nodes, path, init, now)
+        return await self._get(nodes, path, init, now, stream, "init")
 
-    async def _get(self, holders: list[str], path: str, want: Part, now: int) -> bytes | None:
+    async def _get(self, holders: list[str], path: str, want: Part, now: int, stream: str,
+                   kind: str) -> bytes | None:
         nodes = {n.node: n for n in await asyncio.to_thread(self.store.nodes)}
         for holder in holders:
             info = nodes.get(holder)
@@ -67,13 +70,17 @@ class PeerFetcher:
                 r = await self._http().get(url, headers={"X-Sidecar-Peer": self.node})
             except httpx.HTTPError as exc:
                 log.info("peer %s unreachable for %s: %s", holder, url, exc)
+                self.metrics.failed(stream, "unreachable")
                 continue
             if r.status_code != 200:
+                self.metrics.failed(stream, "status")
                 continue
             if hashlib.sha256(r.content).hexdigest() != want.sha256:
                 self.rejected += 1
+                self.metrics.mismatch(stream)
                 log.warning("peer %s sent wrong bytes for %s: not trusted", holder, path)
                 continue
             self.fetched += 1
+            self.metrics.fetched(stream, kind)
             return r.content
         return None

@@ -15,6 +15,7 @@ from sidecar.clock import Clock, InputTimeline, Placed, matches, propose_epoch
 from sidecar.errors import StoreError
 from sidecar.grid import TICKS_PER_SECOND, rescale
 from sidecar.ingest import END, Reader, Source
+from sidecar.metrics import StreamMetrics
 from sidecar.model import (
     Cut,
     Epoch,
@@ -89,6 +90,7 @@ class StreamPipeline:
         self.files = files
         self.clock = clock
         self.status = StreamStatus()
+        self.metrics = StreamMetrics(cfg.stream)
         self.published = asyncio.Condition()
         self._run: _Run | None = None
         self._suspended: _Run | None = None
@@ -101,7 +103,7 @@ class StreamPipeline:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        self._reader = Reader(self.cfg.stream, self.source, loop, queue)
+        self._reader = Reader(self.cfg.stream, self.source, loop, queue, metrics=self.metrics)
         self._reader.start()
         try:
             while True:
@@ -213,9 +215,13 @@ class StreamPipeline:
         anchor = run.epoch.anchor
         gp = GridPacket(raw.track, track.kind, anchor + placed.pts, anchor + placed.dts,
                         rescale(raw.duration, raw.time_base), raw.keyframe, raw.data)
+        self.metrics.packet(raw.arrival, gp.dts)
+        stats = run.segmenter.stats
+        early, late = stats.dropped_before_start, stats.dropped_late
         cuts = run.segmenter.push(gp)
+        self.metrics.dropped(stats, early, late)
         if cuts:
-            await self._publish_cuts(run, cuts)
+            await self._publish_cuts(run, cuts, completed_at=raw.arrival)
 
     # -- epochs ----------------------------------------------------------------------
 
@@ -326,6 +332,8 @@ class StreamPipeline:
         publish_from = epoch.grid(epoch.t0) if saw_start else epoch.grid(t) + self.cfg.join_margin
         driver = "video" if any(tr.kind == "video" for tr in run.tracks) else "audio"
         await asyncio.to_thread(self._adopt_inits, run, epoch, inits)
+        # Adopted epochs are ``latest`` (matched); one we created is our stored proposal.
+        self.metrics.epoch(epoch is not latest, self.status.epoch, epoch.index)
         run.epoch = epoch
         run.segmenter = Segmenter(self.cfg.duration, publish_from=publish_from, driver=driver,
                                   others=len(run.tracks) > 1)
@@ -340,10 +348,11 @@ class StreamPipeline:
 
     # -- publishing ------------------------------------------------------------------
 
-    async def _publish_cuts(self, run: _Run, cuts: list[Cut]) -> None:
+    async def _publish_cuts(self, run: _Run, cuts: list[Cut], *,
+                            completed_at: int | None = None) -> None:
         assert run.epoch is not None
         for cut in cuts:
-            await self.publish(run.tracks, run.epoch, cut, run.cmaf)
+            await self.publish(run.tracks, run.epoch, cut, run.cmaf, completed_at=completed_at)
 
     def _mux(self, tracks: tuple[TrackInfo, ...], cmaf: tuple[TrackInfo, ...],
              cut: Cut) -> tuple[dict[str, bytes], tuple[Part, ...]]:
@@ -391,7 +400,10 @@ class StreamPipeline:
         return same
 
     async def publish(self, tracks: tuple[TrackInfo, ...], epoch: Epoch, cut: Cut,
-                      cmaf: tuple[TrackInfo, ...] = ()) -> None:
+                      cmaf: tuple[TrackInfo, ...] = (), *,
+                      completed_at: int | None = None) -> None:
+        """Mux, record and keep one cut (``completed_at``: when the packet that completed
+        it arrived, for the listing latency)."""
         stream = self.cfg.stream
         self._max_cut = cut.number if self._max_cut is None else max(self._max_cut, cut.number)
         data, parts = await asyncio.to_thread(self._mux, tracks, cmaf, cut)
@@ -414,6 +426,7 @@ class StreamPipeline:
         self.status.last_publish = self.clock.now()
         self.status.last_number = cut.number
         self.status.published += 1
+        self.metrics.published(parts, stored, same, completed_at)
         await asyncio.to_thread(self.files.prune, cut.number - self.cfg.keep_segments)
         async with self.published:
             self.published.notify_all()

@@ -31,6 +31,8 @@ from sidecar.manifests.hls import (
     render_media,
     render_multivariant,
 )
+from sidecar.metrics import CONTENT_TYPE as METRICS_TYPE
+from sidecar.metrics import AppMetrics
 from sidecar.node import CmafUnavailable, Node
 from sidecar.security import tokens
 from sidecar.settings import Settings
@@ -110,6 +112,9 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
         response.headers["X-Node"] = node.settings.node_id
         return response
 
+    metrics = AppMetrics(node, __version__)  # outside CORS and tokens: all counted
+    app.middleware("http")(metrics.middleware)
+
     @app.exception_handler(CmafUnavailable)
     async def _no_cmaf(request: Request, exc: CmafUnavailable) -> JSONResponse:
         return _error(404, str(exc))
@@ -143,6 +148,11 @@ def create_app(node: Node, *, run_pipelines: bool = True) -> FastAPI:
     async def readyz() -> JSONResponse:
         ok, body = await node.readiness()
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(await metrics.exposition(), media_type=METRICS_TYPE,
+                        headers={"Cache-Control": "no-store"})
 
     @app.get("/cluster")
     async def cluster() -> dict[str, object]:

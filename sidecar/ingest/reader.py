@@ -11,11 +11,14 @@ import collections
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.clock import Clock
 from sidecar.errors import ConfigError, InputError
 from sidecar.model import InputClosed, InputOpened, RawPacket
+
+if TYPE_CHECKING:
+    from sidecar.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class Reader:
         *,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -73,6 +77,7 @@ class Reader:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.stop_event = threading.Event()
+        self.metrics = metrics
         self.thread = threading.Thread(target=self._run, name=f"ingest-{name}", daemon=True)
         self.connected = False
         self.last_error: str | None = None
@@ -114,11 +119,13 @@ class Reader:
             try:
                 conn = self.source.connect(self.stop_event)
             except InputError as exc:
-                self._report_error(str(exc))
+                self._report_error(str(exc), "connect")
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
             log.info("stream %s: connected to %s", self.name, self.source.description)
+            if self.metrics is not None:
+                self.metrics.connected()
             self.connected = True
             self.last_error = None
             self._put(conn.opened)
@@ -131,7 +138,7 @@ class Reader:
                     delay = self.backoff_initial
             except InputError as exc:
                 closed = InputClosed(str(exc), error=True)
-                self._report_error(str(exc))
+                self._report_error(str(exc), "read")
             finally:
                 self.connected = False
                 conn.close()
@@ -140,7 +147,9 @@ class Reader:
             delay = min(delay * 2, self.backoff_max)
         self._put(END)
 
-    def _report_error(self, message: str) -> None:
+    def _report_error(self, message: str, stage: str) -> None:
+        if self.metrics is not None:
+            self.metrics.input_error(stage, message)
         # Logged once per change of state, not once per retry.
         if message != self.last_error:
             log.warning("stream %s: input %s: %s (retrying)", self.name,

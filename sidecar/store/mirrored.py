@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sidecar.errors import StoreError
+from sidecar.metrics import StoreMetrics
 from sidecar.model import Epoch, SegmentRecord
 from sidecar.store.base import NodeInfo, TimelineStore
 from sidecar.store.sqlite import SqliteStore
@@ -41,6 +42,7 @@ class MirroredStore:
         # Streams this node has read or written: what to re-seed after an outage.
         self._streams: set[str] = set()
         self.reseed_limit = reseed_limit
+        self.metrics = StoreMetrics()
 
     # -- state -----------------------------------------------------------------------
 
@@ -68,12 +70,16 @@ class MirroredStore:
                 except StoreError as exc:
                     self._fail(exc)
                     return None
+        start = time.perf_counter()
         try:
-            return fn()
+            result = fn()
         except StoreError as exc:
+            self.metrics.call(time.perf_counter() - start, ok=False)
             with self._lock:
                 self._fail(exc)
             return None
+        self.metrics.call(time.perf_counter() - start, ok=True)
+        return result
 
     def _fail(self, exc: StoreError) -> None:
         if self._down_since is None:
