@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from sidecar import __version__
 from sidecar.clock import Clock, SyncedClock, SystemClock
 from sidecar.errors import SidecarError
 from sidecar.grid import TICKS_PER_SECOND
@@ -26,6 +28,29 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Segment-synchronizing HLS/DASH packager sidecar.")
 
 DEFAULT_STREAM = "live/demo=synthetic:"
+
+
+def package_version() -> str:
+    """The installed distribution's version (``__version__`` when not installed)."""
+    try:
+        return importlib.metadata.version("hls-sidecar")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sidecar {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Segment-synchronizing HLS/DASH packager sidecar."""
 
 
 def build_node(settings: Settings, clock: Clock | None = None) -> Node:
