@@ -4,16 +4,16 @@ A host's own media server comes first, the other hosts' after it. At most one in
 at a time:
 
 * **Down**: while no input is being read, the inputs are tried in list order; one that
-  failed is tried again only after its backoff (doubling from ``backoff_initial`` up to
-  ``backoff_max``), and one ``connect`` gives up after ``connect_budget`` seconds (the
-  ``Reader`` then waits and calls again).
+  failed is tried again only after its backoff (doubling from ``retry_initial`` up to
+  ``retry_max``: short, every second of it is content lost), and one ``connect`` gives up
+  after ``connect_budget`` seconds (the ``Reader`` then waits and calls again).
 * **Standby**: while a later input is read, the earlier (preferred) ones are probed, one
-  attempt at a time, each on its own backoff. A probe that opens the stream ends the current
-  connection; the next ``connect`` hands over the probe's connection (the pipeline sees an
-  ordinary reconnect and decides the epoch as it always does: same epoch when the
-  timestamps continue, a new one when they restart; a partial slot is never published
-  twice because a reconnect into the same epoch drops what was open and publishes only
-  slots it saw from their start).
+  attempt at a time, each on its own backoff (``backoff_initial`` up to ``backoff_max``).
+  A probe that opens the stream ends the current connection; the next ``connect`` hands
+  over the probe's connection (the pipeline sees an ordinary reconnect and decides the
+  epoch as it always does: same epoch when the timestamps continue, a new one when they
+  restart; a partial slot is never published twice because a reconnect into the same
+  epoch drops what was open and publishes only slots it saw from their start).
 
 Everything here runs in the ``Reader``'s thread except the probe, which has its own.
 """
@@ -80,6 +80,7 @@ class FailoverSource:
 
     def __init__(self, sources: Sequence[Source], clock: Clock, *, name: str = "",
                  backoff_initial: float = 0.5, backoff_max: float = 8.0,
+                 retry_initial: float = 0.25, retry_max: float = 1.0,
                  connect_budget: float = 15.0, wait: Wait | None = None,
                  spawn: Spawn = _spawn_thread) -> None:
         if not sources:
@@ -89,6 +90,8 @@ class FailoverSource:
         self.name = name
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
         self.connect_budget = connect_budget
         self._wait: Wait = wait or (lambda ev, seconds: ev.wait(seconds))
         self._spawn = spawn
@@ -124,7 +127,7 @@ class FailoverSource:
                 try:
                     conn = self.sources[index].connect(stop)
                 except InputError as exc:
-                    self._failed(index, str(exc))
+                    self._failed(index, str(exc), self.retry_initial, self.retry_max)
                     continue
                 return self._use(index, conn, stop)
             now = self.clock.now()
@@ -137,11 +140,11 @@ class FailoverSource:
         self.reason = "no input has the stream: " + self._errors(len(self.states))
         raise InputError(self.reason)
 
-    def _failed(self, index: int, error: str) -> None:
+    def _failed(self, index: int, error: str, initial: float, maximum: float) -> None:
         state = self.states[index]
         if error != state.last_error:
             log.info("stream %s: input %d (%s): %s", self.name, index + 1, state.url, error)
-        state.failed(self.clock.now(), error, self.backoff_initial, self.backoff_max)
+        state.failed(self.clock.now(), error, initial, maximum)
 
     def _errors(self, upto: int) -> str:
         return "; ".join(f"{i + 1} {s.url}: {s.last_error or 'not tried'}"
@@ -183,7 +186,7 @@ class FailoverSource:
             try:
                 conn = self.sources[index].connect(current.probe_stop)
             except InputError as exc:
-                self._failed(index, str(exc))
+                self._failed(index, str(exc), self.backoff_initial, self.backoff_max)
                 with self._lock:
                     self._probing = False
                 return

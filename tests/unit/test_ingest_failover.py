@@ -8,15 +8,20 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from sidecar.clock import ManualClock
 from sidecar.errors import ConfigError, InputError
 from sidecar.ingest.failover import FailoverSource, backoff, open_inputs
 from sidecar.ingest.synthetic import SyntheticSource
 from sidecar.model import Cut, Epoch, InputClosed, InputOpened, RawPacket, TrackInfo
+from sidecar.node import Node as SidecarNode
+from sidecar.node import StreamRuntime
 from sidecar.pipeline import PipelineConfig, StreamPipeline
+from sidecar.server import create_app
 from sidecar.settings import StreamSpec, load_settings
 from sidecar.storage import StreamFiles
 from sidecar.store.sqlite import SqliteStore
@@ -151,7 +156,7 @@ def test_prefers_the_earliest_input_that_has_the_stream(has: str, chosen: int,
 
 def test_all_down_backs_off_then_gives_up_naming_every_input() -> None:
     clock = ManualClock(WALL0)
-    src, servers = make(clock, ["a", "b"], backoff_initial=0.5, backoff_max=2,
+    src, servers = make(clock, ["a", "b"], retry_initial=0.5, retry_max=2,
                         connect_budget=6)
     with pytest.raises(InputError) as err:
         src.connect(threading.Event())
@@ -164,7 +169,7 @@ def test_all_down_backs_off_then_gives_up_naming_every_input() -> None:
 
 def test_stream_appears_on_the_second_input_while_down() -> None:
     clock = ManualClock(WALL0)
-    src, (a, b) = make(clock, ["a", "b"], backoff_initial=0.5, backoff_max=4)
+    src, (a, b) = make(clock, ["a", "b"], retry_initial=0.5, retry_max=4)
     b.publishes.append(Publish(ticker(), WALL0 + 3 * S, 2**62))  # the encoder moves to b
     conn = src.connect(threading.Event())
     assert src.active == 1
@@ -174,7 +179,8 @@ def test_stream_appears_on_the_second_input_while_down() -> None:
 
 def test_moves_back_to_the_preferred_input_when_the_stream_appears_there() -> None:
     clock = ManualClock(WALL0)
-    src, (a, b) = make(clock, ["a", "b"], backoff_initial=0.5, backoff_max=2)
+    src, (a, b) = make(clock, ["a", "b"], backoff_initial=0.5, backoff_max=2,
+                       retry_initial=0.5)
     b.publishes.append(always(ticker()))
     a.publishes.append(Publish(ticker(), WALL0 + 10 * S, 2**62))  # a gets it at 10 s
     stop = threading.Event()
@@ -217,7 +223,7 @@ def test_no_probing_while_the_first_choice_is_read() -> None:
 
 def test_a_failed_probe_does_not_disturb_the_current_read() -> None:
     clock = ManualClock(WALL0)
-    src, (a, b) = make(clock, ["a", "b"], backoff_initial=1, backoff_max=4)
+    src, (a, b) = make(clock, ["a", "b"], backoff_initial=1, backoff_max=4, retry_initial=1)
     b.publishes.append(Publish(ticker(1000), 0, 2**62))
     conn = src.connect(threading.Event())
     assert len(list(conn.packets())) == 1000  # 40 s of packets, all read
@@ -312,9 +318,9 @@ class Node:
         publish = self.pipe.publish
 
         async def record(tracks: tuple[TrackInfo, ...], epoch: Epoch, cut: Cut,
-                         cmaf: tuple[TrackInfo, ...] = ()) -> None:
+                         cmaf: tuple[TrackInfo, ...] = (), **kw: Any) -> None:
             self.published.append(cut.number)
-            await publish(tracks, epoch, cut, cmaf)
+            await publish(tracks, epoch, cut, cmaf, **kw)
 
         self.pipe.publish = record  # type: ignore[method-assign]
 
@@ -461,5 +467,28 @@ def test_losing_the_current_input_restarts_every_backoff() -> None:
     died = clock.now()
     src.connect(stop)
     assert src.active == 0
-    # Fresh backoff: 0, 0.5, 1.5, 3.5 s after the loss; the stream is there from 3 s.
-    assert [round((t - died) / S, 2) for t in a.attempts if t >= died] == [0, 0.5, 1.5, 3.5]
+    # Fresh, short retries: 0, 0.25, 0.75, then every second; the stream is there at 3 s.
+    assert [round((t - died) / S, 2) for t in a.attempts if t >= died] == [
+        0, 0.25, 0.75, 1.75, 2.75, 3.75]
+
+
+def test_streams_endpoint_says_which_input_is_read_and_why(tmp_path: Path) -> None:
+    clock = ManualClock(WALL0)
+    src, (_, b) = make(clock, ["rtmp://a/live/x", "rtmp://b/live/x"])
+    b.publishes.append(always(ticker(10)))
+    src.connect(threading.Event())
+    store = SqliteStore(tmp_path / "t.db")
+    spec = StreamSpec.parse("live/x=rtmp://a/live/x|rtmp://b/live/x")
+    settings = load_settings(node_id="n", data_dir=tmp_path / "n",
+                             streams=["live/x=rtmp://a/live/x|rtmp://b/live/x"])
+    pipe = StreamPipeline(PipelineConfig("live/x", "n", D, outputs=("ts",)), src, store,
+                          StreamFiles(tmp_path / "segs", ("ts",)), clock)
+    node = SidecarNode(settings, store, clock, {"live/x": StreamRuntime(spec, pipe)})
+    with TestClient(create_app(node, run_pipelines=False)) as client:
+        body = client.get("/streams").json()["live/x"]
+    assert body["input"] == "rtmp://a/live/x"
+    inputs = body["inputs"]
+    assert inputs["active"] == "rtmp://b/live/x" and inputs["active_index"] == 1
+    assert inputs["reason"] == ("the stream is not on the preferred input(s): "
+                                "1 rtmp://a/live/x: stream not found")
+    assert [i["state"] for i in inputs["inputs"]] == ["down", "active"]
