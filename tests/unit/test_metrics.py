@@ -36,9 +36,10 @@ KEY = "live/x"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def make_node(root: Path, name: str, store: object, clock: ManualClock) -> Node:
+def make_node(root: Path, name: str, store: object, clock: ManualClock,
+              **options: object) -> Node:
     settings = load_settings(node_id=name, data_dir=root / name, segment_wait=0.2,
-                             streams=[f"{KEY}=synthetic:"])
+                             streams=[f"{KEY}=synthetic:"], **options)
     files = StreamFiles(root / name / "segs", ("ts", "video", "audio"))
     pipe = StreamPipeline(PipelineConfig(KEY, name, D), None,  # type: ignore[arg-type]
                           store, files, clock)  # type: ignore[arg-type]
@@ -277,6 +278,16 @@ def test_http_requests_by_route_template_per_app(tmp_path: Path) -> None:
     assert ("sidecar_http_requests_total", frozenset(
         {"method": "GET", "route": segment, "status": "404"}.items())) not in sb
     assert value(sa, "sidecar_info", node="a", version=_version()) == 1
+
+
+def test_refused_before_routing_counts_as_unmatched(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a", SqliteStore(tmp_path / "t.db"), ManualClock(WALL0),
+                  token_secret="s3cret")
+    with TestClient(create_app(a, run_pipelines=False)) as c:
+        assert c.get(f"/{KEY}/src/media.m3u8").status_code == 403  # no token
+        samples = scrape(c)  # /metrics itself needs none
+    assert value(samples, "sidecar_http_requests_total", method="GET", route="(unmatched)",
+                 status="403") == 1
 
 
 def _version() -> str:
