@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh           # install what is missing
 #   bash scripts/setup.sh --force   # always run apt-get, pip and npm
 #
-# 1. Debian packages (apt): ffmpeg, nginx + libnginx-mod-rtmp, haproxy, redis-server, chromium
+# 1. Debian packages (apt): ffmpeg, nginx + libnginx-mod-rtmp, haproxy, redis-server, chromium,
+#    wrk (the load generator of benchmarks/vod)
 #    (+ nodejs/npm only when `node` is absent).  Skipped when every binary is already there.
 #    The system services these packages start are stopped again: tests run their own instances
 #    on random 127.0.0.1 ports with their own configuration files.
@@ -17,7 +18,7 @@ FORCE=0
 for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument: $arg (use --force or --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,8 +41,8 @@ as_root() { "${SUDO[@]}" "$@"; }
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
-APT_PACKAGES=(ca-certificates ffmpeg nginx libnginx-mod-rtmp haproxy redis-server redis-tools chromium)
-NEEDED_BINARIES=(ffmpeg ffprobe nginx haproxy redis-server redis-cli chromium node npm)
+APT_PACKAGES=(ca-certificates ffmpeg nginx libnginx-mod-rtmp haproxy redis-server redis-tools chromium wrk)
+NEEDED_BINARIES=(ffmpeg ffprobe nginx haproxy redis-server redis-cli chromium wrk node npm)
 RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 
 have() {
