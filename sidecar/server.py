@@ -325,8 +325,10 @@ def _token_gate(policy: tokens.Policy, node: Node, ip_header: str | None
             return response
         body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
         headers = {k: v for k, v in response.headers.items() if k != "content-length"}
-        if request.method == "HEAD":
-            return Response(status_code=200, headers=headers)
+        if request.method == "HEAD":  # the length with the token is not known here: none
+            head = Response(status_code=200, headers=headers)
+            del head.headers["content-length"]
+            return head
         # The ETag stays: the token is in the URL, so one URL still means one body.
         text = tokens.carry(body.decode(), media_type, grant.carried)
         return Response(text, status_code=200, headers=headers)

@@ -14,15 +14,21 @@ server's own debug log (``ModuleCoreSecurity:string hashed: ...``)::
                       except "{prefix}hash"] + [secret] + ([client_ip] if configured)))
     {prefix}hash = base64 of SHA-256/384/512(hash input), alphabet "-_" for "+/"
 
-* The sort is a plain string sort of the whole ``key=value`` items with the secret and the
-  IP among them (the docs' example: ``wowzatokenCustomParameter=abcdef`` before
-  ``wowzatokenendtime=...`` before ``xyzSharedSecret``: upper case first).
+* The sort is a plain (code point) string sort of the whole ``key=value`` items with the
+  secret and the IP among them: the docs' RTSP example orders
+  ``wowzatokenCustomParameter=abcdef`` before ``wowzatokenendtime=...`` before
+  ``xyzSharedSecret`` (upper case first); a Wowza engineer's PHP answer on the forum
+  hashes ``IP&secret&wowzatokenendtime=..&wowzatokenstarttime=..`` (digits first). That
+  worked example's published hash cannot be reproduced from its own string (it also
+  mixes ``myValue``/``abcdef``), so the tests check openssl-computed vectors of the formula,
+  not a hash from Wowza.
 * The content path names the application instance explicitly (``_definst_`` unless the
   URL gives one) and the stream as the URL names it (``mp4:`` included), but not the
-  HTTP file name: for ``/vod/mp4:sample.mp4/playlist.m3u8`` the docs' HLS example hashes
-  ``vod/_definst_/mp4:sample.mp4``. Here the same path covers everything under the
-  stream (``src/media.m3u8``, ``src/7.ts``, ``video/init-3.mp4``), so one token serves a
-  whole playback session.
+  HTTP file name: the server's debug log quoted on the forum shows ``string hashed:
+  vod/_definst_/mp4:some.mp4?...``, and the PHP answer signs
+  ``/vod/_definst_/mp4:sample.mp4/playlist.m3u8`` over ``vod/_definst_/mp4:sample.mp4``.
+  Here the same path covers everything under the stream (``src/media.m3u8``,
+  ``src/7.ts``, ``video/init-3.mp4``), so one token serves a whole playback session.
 * The base64 is URL-safe and keeps its ``=`` padding (the docs' example hash ends in
   ``=``; the server logs ``hashCalculated: ...=``). A hash sent without the padding is
   accepted too: padding carries no information and some URL builders strip it.
@@ -30,9 +36,12 @@ server's own debug log (``ModuleCoreSecurity:string hashed: ...``)::
   server logs for an absent one) means no limit. Custom ``{prefix}X`` parameters are
   hashed too, and query values are hashed URL-decoded.
 * How Wowza itself carries the token from ``playlist.m3u8`` to its chunklists and
-  segments (a session id in ``chunklist_w{session}.m3u8``) is not documented and is per
-  node; here the validated token query is appended to every child URI instead
-  (``carry_hls``, ``carry_mpd``), in a fixed order, so nodes write identical manifests.
+  segments is the subject of a docs section ("SecureToken parameters encoded into
+  manifest and media responses") whose text was not available here; its chunklist URLs
+  carry a session id per client and per server (``chunklist_w{session}.m3u8``), which no
+  other node knows. Here the validated token query is appended to every child URI
+  instead (``carry_hls``, ``carry_mpd``), in a fixed order, so nodes write identical
+  manifests and any node accepts the children.
 
 **HMAC tokens** (for non-Wowza users): ``?expires=UNIX&token=T`` with an optional
 ``path=/live/`` (a path prefix ending in ``/``; default: the stream's own base path, e.g.

@@ -151,6 +151,8 @@ def test_conditional_get_and_head_with_a_token(nodes: tuple[Node, Node]) -> None
         assert again.status_code == 304
         head = c.head(url)
         assert head.status_code == 200 and head.headers["etag"] == r.headers["etag"]
+        assert "content-length" not in head.headers or head.headers["content-length"] == str(
+            len(r.content))
 
 
 def test_ip_bound_tokens_behind_a_balancer(tmp_path: Path) -> None:
