@@ -106,7 +106,8 @@ class Node:
         self.clock = clock
         self.streams = streams
         self.started = time.monotonic()
-        self.peers = PeerFetcher(store, settings.node_id)
+        self.peers = PeerFetcher(store, settings.node_id, secret=(
+            settings.token_secret.get_secret_value() if settings.token_secret else None))
         # Streams come and go at runtime (discovery): a node with none yet is still ready.
         self.discovering = False
 

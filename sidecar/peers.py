@@ -11,6 +11,7 @@ import httpx
 from sidecar.grid import TICKS_PER_SECOND
 from sidecar.metrics import PeerMetrics
 from sidecar.model import Part, SegmentRecord
+from sidecar.security.tokens import PEER_HEADER, peer_auth
 from sidecar.storage import OUTPUTS, InitDir
 from sidecar.store import TimelineStore
 
@@ -20,9 +21,11 @@ STALE_AFTER = 10 * TICKS_PER_SECOND
 
 
 class PeerFetcher:
-    def __init__(self, store: TimelineStore, node: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, store: TimelineStore, node: str, *, timeout: float = 2.0,
+                 secret: str | None = None) -> None:
         self.store = store
         self.node = node
+        self.secret = secret  # playback tokens on: prove to peers we hold the secret
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
         self.fetched = 0
@@ -67,7 +70,11 @@ class PeerFetcher:
                 continue
             url = f"{info.url.rstrip('/')}/{path}"
             try:
-                r = await self._http().get(url, headers={"X-Sidecar-Peer": self.node})
+                headers = {"X-Sidecar-Peer": self.node}
+                if self.secret is not None:
+                    headers[PEER_HEADER] = peer_auth(self.secret, path,
+                                                     now // TICKS_PER_SECOND)
+                r = await self._http().get(url, headers=headers)
             except httpx.HTTPError as exc:
                 log.info("peer %s unreachable for %s: %s", holder, url, exc)
                 self.metrics.failed(stream, "unreachable")

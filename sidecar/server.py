@@ -310,12 +310,16 @@ def _token_gate(policy: tokens.Policy, node: Node, ip_header: str | None
         path = request.url.path
         if not tokens.is_protected(path):  # /healthz, /readyz, /time, ...
             return await call_next(request)
+        now = node.clock.now() // TICKS_PER_SECOND
+        peer = request.headers.get(tokens.PEER_HEADER)
+        if peer is not None and tokens.check_peer_auth(policy.secret, path, peer, now):
+            return await call_next(request)  # another node of the cluster: raw answers
         client = request.client.host if request.client else None
         if ip_header and (forwarded := request.headers.get(ip_header)):
             client = forwarded.rsplit(",", 1)[-1].strip()
         try:
             grant = tokens.check(policy, path, request.query_params.multi_items(), client,
-                                 node.clock.now() // TICKS_PER_SECOND)
+                                 now)
         except Forbidden as exc:
             return _error(403, str(exc))
         response = await call_next(request)

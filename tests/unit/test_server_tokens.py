@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import httpx
 import m3u8
 import pytest
 from fastapi.testclient import TestClient
@@ -207,3 +208,45 @@ def test_settings_refuse_an_empty_secret_and_never_show_it(tmp_path: Path) -> No
         load_settings(data_dir=tmp_path, token_secret="x", token_hash="md5")
     settings = load_settings(data_dir=tmp_path, token_secret="hunter2")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("fetcher_secret", [SECRET, None])
+def test_peer_fetches_prove_the_secret_instead_of_a_token(tmp_path: Path,
+                                                          fetcher_secret: str | None) -> None:
+    a, b = cluster(tmp_path)
+    n = N0 + 6  # on node a only: b must fetch it from a
+    publish([a], n)
+    assert b.streams["live/demo"].files.get("ts", n) is None
+    now = b.clock.now()
+    b.store.add_holder("live/demo", n, "a")
+    b.store.heartbeat("a", "http://node-a", now)
+    b.peers.secret = fetcher_secret
+    app_a = create_app(a, run_pipelines=False)
+    answers: list[int] = []
+
+    async def seen(response: httpx.Response) -> None:
+        answers.append(response.status_code)
+
+    b.peers._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app_a),
+                                        event_hooks={"response": [seen]})
+    with TestClient(create_app(b, run_pipelines=False)) as cb:
+        r = cb.get(f"/live/demo/src/{n}.ts?{token()}")
+    if fetcher_secret is not None:
+        assert r.status_code == 200 and r.content == a.streams["live/demo"].files.get(
+            "ts", n).path.read_bytes()
+        assert b.peers.fetched == 1 and answers == [200]
+    else:  # a refused b's fetch: b had nothing to serve
+        assert r.status_code != 200 and b.peers.fetched == 0 and answers == [403]
+
+
+def test_peer_auth_is_bound_to_path_secret_and_time() -> None:
+    value = tokens.peer_auth(SECRET, "live/demo/src/7.ts", 1000)
+    assert tokens.check_peer_auth(SECRET, "/live/demo/src/7.ts", value, 1000 + 60)
+    assert not tokens.check_peer_auth(SECRET, "/live/demo/src/7.ts", value, 1000 + 61)
+    assert not tokens.check_peer_auth(SECRET, "/live/demo/src/8.ts", value, 1000)
+    assert not tokens.check_peer_auth("other", "/live/demo/src/7.ts", value, 1000)
+    assert not tokens.check_peer_auth(SECRET, "/live/demo/src/7.ts", "1060.AAAA", 1000)
+    assert not tokens.check_peer_auth(SECRET, "/live/demo/src/7.ts", "garbage", 1000)
+    # The expiry is part of what is signed: a later one is not accepted.
+    later = f"99999.{value.partition('.')[2]}"
+    assert not tokens.check_peer_auth(SECRET, "/live/demo/src/7.ts", later, 1000)
