@@ -139,7 +139,7 @@ class Node:
         self.launch(rt)
         return rt
 
-    async def stop_stream(self, key: str, wait: float = 3.0) -> None:
+    async def stop_stream(self, key: str, wait: float = 2.0) -> None:
         """Stop reading ``key``; its window stays servable (and backfilled).
 
         Waits (at most ``wait`` s) for the input to end on its own, so the open segment

@@ -183,8 +183,10 @@ class Discovery:
         """What ``GET /discovery`` shows."""
         now = self.monotonic()
         return {
-            "streams": {k: {"input": url, "sources": sorted(self.claims.get(k, {}))}
-                        for k, url in sorted(self.ours.items())},
+            "streams": {k: {"input": url, "sources": sorted(self.claims[k])}
+                        for k, url in sorted(self.ours.items()) if self.claims.get(k)},
+            # Released, still reading until its input ends (at most a few seconds).
+            "stopping": sorted(k for k in self.ours if not self.claims.get(k)),
             "stopped": {k: {"expires_in_s": round(max(0.0, self.linger - (now - at)), 1)}
                         for k, at in sorted(self.stopped.items())},
             "applications": list(self.apps),

@@ -150,7 +150,9 @@ def test_claim_release_linger_expire() -> None:
         assert await disc.claim(claim) == "running"  # a second publish: nothing new
         assert host.calls == [("add", "live/cam1")]
         assert disc.release("nginx", "live/cam1") == "stopping"
+        assert disc.listing()["streams"] == {} and disc.listing()["stopping"] == ["live/cam1"]
         await disc.settle()
+        assert disc.listing()["stopping"] == []
         assert host.state["live/cam1"] == "stopped"
         assert disc.listing()["stopped"] == {"live/cam1": {"expires_in_s": 20.0}}
         clock.t += 19.9
