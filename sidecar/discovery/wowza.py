@@ -78,6 +78,7 @@ class WowzaPoller:
     timeout: float = 5.0
     transport: httpx.AsyncBaseTransport | None = None
     state: dict[str, str] = field(default_factory=dict)  # app -> "ok" or what is wrong
+    server_state: str | None = None
     _auth: httpx.Auth | None = None
     _auth_scheme: str = "none"
     _skipped: set[str] = field(default_factory=set)
@@ -97,6 +98,17 @@ class WowzaPoller:
             else:
                 self.log_line(f"Wowza REST {self.base_url}: application {app}: {state}; "
                               "streams already discovered keep running")
+
+    def _set_server(self, state: str) -> None:
+        if self.server_state != state:
+            if state != "ok":
+                self.log_line(f"Wowza REST {self.base_url}: {state}; streams already "
+                              "discovered keep running")
+            elif self.server_state is not None:
+                log.info("Wowza REST %s: reachable again", self.base_url)
+            self.server_state = state
+            if state != "ok":
+                self.state.clear()  # each application says how it is once it answers
 
     async def _get(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
         r = await client.get(url, auth=self._auth or httpx.USE_CLIENT_DEFAULT)
@@ -121,9 +133,10 @@ class WowzaPoller:
                 url = self.base_url + INSTANCE_PATH.format(app=quote(app, safe=""))
                 try:
                     r = await self._get(client, url)
-                except httpx.HTTPError as exc:
-                    self._set_state(app, f"unreachable ({type(exc).__name__}: {exc})")
-                    continue
+                except httpx.HTTPError as exc:  # the server, not this application: one line
+                    self._set_server(f"unreachable ({type(exc).__name__}: {exc})")
+                    break
+                self._set_server("ok")
                 if r.status_code == 401:
                     self._set_state(app, self._auth_problem(r))
                     continue
@@ -174,5 +187,5 @@ class WowzaPoller:
                 async with asyncio.timeout(self.timeout * (len(self.apps) + 1) * 2):
                     await self.poll_once()
             except TimeoutError:
-                self.log_line(f"Wowza REST {self.base_url}: a poll took too long")
+                self._set_server("a poll took too long")
             await asyncio.sleep(self.interval)

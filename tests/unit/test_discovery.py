@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -323,8 +325,10 @@ def test_wowza_adds_and_removes_streams(wse: FakeWowzaRest, auth: str) -> None:
                        if auth == "basic" else {None})
 
 
-def test_wowza_wrong_credentials_one_clear_line(wse: FakeWowzaRest,
+@pytest.mark.parametrize("auth", ["digest", "basic"])
+def test_wowza_wrong_credentials_one_clear_line(wse: FakeWowzaRest, auth: str,
                                                 caplog: pytest.LogCaptureFixture) -> None:
+    wse.auth = auth
     wse.set_streams("live", {"cam1": True})
 
     async def go() -> None:
@@ -338,7 +342,22 @@ def test_wowza_wrong_credentials_one_clear_line(wse: FakeWowzaRest,
         asyncio.run(go())
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
-    assert "credentials for user 'admin' refused (HTTP 401, digest auth)" in lines[0]
+    assert f"credentials for user 'admin' refused (HTTP 401, {auth} auth)" in lines[0]
+
+
+def test_wowza_without_credentials_says_so(wse: FakeWowzaRest,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    wse.set_streams("live", {"cam1": True})
+
+    async def go() -> None:
+        disc, host, _ = make()
+        poller = WowzaPoller(disc, wse.url, ("live",))
+        assert await poller.poll_once() == {}
+        assert host.state == {}
+
+    with caplog.at_level(logging.WARNING, "sidecar.discovery.wowza"):
+        asyncio.run(go())
+    assert "needs credentials (HTTP 401, server asks for Digest)" in caplog.text
 
 
 def test_wowza_down_or_garbage_keeps_streams(wse: FakeWowzaRest,
@@ -369,7 +388,80 @@ def test_wowza_down_or_garbage_keeps_streams(wse: FakeWowzaRest,
         asyncio.run(go())
     lines = [r.getMessage() for r in caplog.records]
     live = [ln for ln in lines if "application live" in ln]
-    assert len(live) == 4, lines  # ok, garbage, ok, unreachable: one line per change
-    assert "answers garbage" in live[1] and "unreachable" in live[3]
+    assert len(live) == 3, lines  # ok, garbage, ok: one line per change
+    assert "answers garbage" in live[1]
     assert sum("application nosuch: HTTP 404" in ln for ln in lines) == 1
-    assert any("no name" in ln or "not a valid name" in ln for ln in lines) is False
+    down = [ln for ln in lines if "unreachable" in ln]
+    assert len(down) == 1 and "keep running" in down[0], lines  # the server, once
+
+
+# -- the node's runtime-stream API and the settings ------------------------------------------
+
+def test_node_adds_stops_and_removes_a_stream(tmp_path: Path) -> None:
+    from sidecar.cli import build_node
+    from sidecar.errors import BadRequest, NotFound
+    from sidecar.settings import load_settings
+
+    settings = load_settings(node_id="a", data_dir=tmp_path, discovery_callbacks=True,
+                             segment_duration="1")
+    node = build_node(settings)
+    node.discovering = True
+    spec = StreamSpec(app="live", name="cam1", input="synthetic:")
+
+    async def go() -> None:
+        assert (await node.readiness())[0] is True  # discovery node, nothing yet: ready
+        rt = node.add_stream(spec)
+        assert node.stream_state("live/cam1") == "running" and node.stream("live", "cam1") is rt
+        assert rt.pipeline.cfg.duration == settings.duration_ticks  # the configured grid
+        assert rt.files.root == tmp_path / "segments" / "live" / "cam1"
+        ok, body = await node.readiness()
+        assert ok is False and "live/cam1" in body["streams"]  # counted like any stream
+        with pytest.raises(BadRequest, match="already running"):
+            node.add_stream(spec)
+        await node.stop_stream("live/cam1", wait=0.2)
+        assert node.stream_state("live/cam1") == "stopped"
+        assert rt.tasks[0].done() and not rt.tasks[1].done()  # reading stopped, backfill on
+        assert node.stream("live", "cam1") is rt  # still served
+        ok, body = await node.readiness()
+        assert ok is True and body["streams"] == {}
+        again = node.add_stream(spec)  # published again: a fresh pipeline
+        assert again is not rt and node.stream_state("live/cam1") == "running"
+        await node.stop_stream("live/cam1", wait=0.2)
+        node.remove_stream("live/cam1")
+        assert node.stream_state("live/cam1") == "absent"
+        with pytest.raises(NotFound):
+            node.stream("live", "cam1")
+        await asyncio.sleep(0)
+        assert all(t.done() for t in again.tasks)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"discovery_input": "rtmp://127.0.0.1/live/fixed"}, "needs {app} and {name}"),
+    ({"discovery_input": "bogus://{app}/{name}"}, "unknown scheme"),
+    ({"discovery_allow": ["10.0.0.0/33"]}, "allow-list"),
+    ({"discovery_apps": ["vod"]}, "discovery application"),
+    ({"discovery_apps": ["a/b"]}, "discovery application"),
+    ({"wowza_rest": "wse:8087"}, "--wowza-rest"),
+    ({"wowza_input": "rtmp://wse/{app}"}, "needs {app} and {name}"),
+])
+def test_discovery_settings_are_checked(tmp_path: Path, overrides: dict[str, object],
+                                        message: str) -> None:
+    from sidecar.errors import ConfigError
+    from sidecar.settings import load_settings
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(data_dir=tmp_path, **overrides)
+
+
+def test_discovery_settings_from_the_environment(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.settings import load_settings
+
+    monkeypatch.setenv("SIDECAR_DISCOVERY_ALLOW", "10.0.0.0/24, 127.0.0.1")
+    monkeypatch.setenv("SIDECAR_DISCOVERY_APPS", "live,studio")
+    s = load_settings(data_dir=tmp_path)
+    assert s.discovery_allow == ["10.0.0.0/24", "127.0.0.1"]
+    assert s.discovery_apps == ["live", "studio"]
+    assert s.discovery_input == "rtmp://127.0.0.1:1935/{app}/{name}"
