@@ -3,10 +3,11 @@ balancer while every request may land on another node.
 
 Two ``sidecar serve`` nodes with the same ``--token-secret`` package the built-in clock-locked
 test source and share one timeline store (a SQLite file; on one host that is what Redis is
-across hosts). HAProxy balances every request on its own. hls.js (TS playlist) and dash.js
-(MPD) in headless Chromium play the tokened entry URLs for 20 s with zero errors; HAProxy's
-log shows that both nodes served tokened segments. Requests without the token, with a
-tampered one or an expired one get 403 from either node.
+across hosts); the second joins late and backfills the window from the first, whose token
+gate lets its signed peer fetches through. HAProxy balances every request on its own.
+hls.js (TS playlist) and dash.js (MPD) in headless Chromium play the tokened entry URLs for
+20 s with zero errors; HAProxy's log shows that both nodes served tokened segments.
+Requests without the token, with a tampered one or an expired one get 403 from either node.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def test_a_tokened_url_plays_through_the_balancer_and_nothing_plays_without(
     store = workdir / "timeline.sqlite3"
     nodes = [SidecarNode(n, workdir, ["live/demo=synthetic:"], store=store,
                          extra=["--token-secret", SECRET], registry=procs) for n in ("a", "b")]
-    for node in nodes:
-        node.start()
+    a, b = nodes
+    a.start()
     lb = Haproxy(workdir / "haproxy", None, [(n.node_id, "127.0.0.1", n.port) for n in nodes],
                  registry=procs).start()
     now = int(time.time())
@@ -50,11 +51,21 @@ def test_a_tokened_url_plays_through_the_balancer_and_nothing_plays_without(
         r = node.get(media)
         return len(m3u8.loads(r.text).segments) if r.status_code == 200 else 0
 
-    wait_until(lambda: all(listed(n) >= 3 for n in nodes), 45, 0.5,
-               what="three listed segments on both nodes")
+    # b joins late: the segments a listed before can only come from a (backfill), which
+    # answers b's peer fetches because b signs them with the shared secret.
+    wait_until(lambda: listed(a) >= 3, 45, 0.5, what="three listed segments on a")
+    b.start()
+    wait_until(lambda: listed(b) >= 3, 45, 0.5, what="three listed segments on b")
     for node in nodes:
         wait_http(f"{node.url}/readyz", timeout=30)  # open: the balancer's check has no token
         lb.wait_server_state(node.node_id, "UP", timeout=15)
+
+    metrics = b.get("/metrics").text
+    fetched = sum(float(v) for v in re.findall(r"^sidecar_peer_fetches_total\{[^}]*\} (\S+)$",
+                                               metrics, re.M))
+    refused = re.findall(r'^sidecar_peer_fetch_failures_total\{[^}]*reason="status"[^}]*\} (\S+)$',
+                         metrics, re.M)
+    assert fetched >= 3 and all(float(v) == 0 for v in refused), (fetched, refused)
 
     # Refused on every node, whatever is wrong, with a short JSON reason.
     tampered = re.sub(r"wowzatokenendtime=\d+", f"wowzatokenendtime={now + 86_400}", query)
