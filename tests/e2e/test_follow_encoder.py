@@ -4,7 +4,7 @@ publishes to one of them at a time, every node lists its own server first.
 Two hosts simulated on 127.0.0.1: nginx-rtmp A and B (``idle_streams off``: a play of a
 stream that is not published is refused at once, as a media server should), node a with
 ``A|B``, node b with ``B|A``, one Redis, HAProxy round-robin per request, FFmpeg's HLS
-client through the balancer. In one run:
+client and hls.js in headless Chromium through the balancer. In one run:
 
 1. planned move: the encoder publishes to A, stops, and 3 s later publishes to B with
    timestamps from 0 (nobody dies);
@@ -33,6 +33,7 @@ import m3u8
 import pytest
 
 from sidecar.store.redis import RedisStore
+from tests.e2e.browser import start_in_browser
 from tests.e2e.harness import (
     FfmpegEncoder,
     Haproxy,
@@ -198,7 +199,9 @@ def test_follow_the_encoder_planned_move_and_host_death(procs: ProcessRegistry,
     lb.wait_server_state("b", "UP")
 
     total = 100.0
-    probe = ffprobe_live(f"{lb.url}/{STREAM}/playlist.m3u8", workdir, total, procs)
+    play_url = f"{lb.url}/{STREAM}/playlist.m3u8"
+    probe = ffprobe_live(play_url, workdir, total, procs)
+    browser = start_in_browser(play_url, total, workdir, name="browser-hls", registry=procs)
     up = {"a": True, "b": True}
     watch = Watch([a, b], up)
     watcher = threading.Thread(target=watch.run, args=(total + 10,), daemon=True)
@@ -255,6 +258,7 @@ def test_follow_the_encoder_planned_move_and_host_death(procs: ProcessRegistry,
         watch.stop.set()
         watcher.join(15)
     probe.stop(timeout=5)
+    played = browser.result(60)
 
     epochs = store.epochs(STREAM)
     assert [e.index for e in epochs] == [0, 1, 2], epochs  # one new epoch per republish
@@ -289,3 +293,19 @@ def test_follow_the_encoder_planned_move_and_host_death(procs: ProcessRegistry,
     assert all(y >= x - 0.5 for x, y in itertools.pairwise(times))
     gaps = [round(y - x, 2) for x, y in itertools.pairwise(times) if y - x > 1.0]
     assert len(gaps) <= 2 and all(g < ABSENCE + 4 for g in gaps), gaps
+
+    # hls.js in Chromium through the balancer: no fatal error, no failed media request,
+    # stalls only at the two moves (each at most the encoder's absence plus 4 s), still
+    # playing at the end.
+    print(f"hls.js: {played.total_stall_seconds:.1f} s stalled ({len(played.stalls)} stalls, "
+          f"longest {played.max_stall_seconds:.1f} s), played {played.current_time_advanced:.1f}"
+          f" s, non-fatal {played.error_counts}")
+    assert played.complete and played.fatal_errors == 0, played.describe()
+    failed = [e for e in played.http_errors
+              if re.search(r"\.(ts|m3u8)", str(e.get("url", "")))]
+    assert failed == [], failed[:5]
+    assert played.max_stall_seconds <= ABSENCE + 4, played.describe()
+    assert played.total_stall_seconds <= 2 * (ABSENCE + 4), played.describe()
+    assert played.current_time_advanced >= total - 2 * (ABSENCE + 4) - 15, played.describe()
+    tail = [c for _, c in played.time_samples[-12:] if c is not None]
+    assert len(tail) >= 2 and tail[-1] - tail[0] >= 2, played.time_samples[-12:]
