@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from sidecar.discovery.routes import discovery_router
 from sidecar.discovery.wowza import WowzaPoller
 from sidecar.errors import ConfigError
 from sidecar.node import Node
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,4 +51,12 @@ def discovery_for(node: Node) -> DiscoverySetup | None:
             input_template=s.wowza_input or "", interval=s.wowza_poll)
         loops.append(poller.run)
     node.discovering = True
+    if gate is not None:
+        log.info("discovery: callbacks at %s/discovery/nginx and /discovery/srs (apps %s, "
+                 "secret %s, callers %s), input %s", s.base_url, ",".join(s.discovery_apps),
+                 "required" if s.discovery_secret else "not required",
+                 ",".join(s.discovery_allow) or "any", s.discovery_input)
+    if s.wowza_rest:
+        log.info("discovery: polling Wowza REST %s every %g s (apps %s)", s.wowza_rest,
+                 s.wowza_poll, ",".join(s.discovery_apps))
     return DiscoverySetup(disc, discovery_router(disc, gate, s.discovery_input), loops)
