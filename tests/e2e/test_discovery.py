@@ -143,3 +143,42 @@ def test_nginx_on_publish_discovery(workdir: Path, procs: ProcessRegistry) -> No
         assert node.get("/live/bad..name/src/media.m3u8").status_code in (400, 404)
     assert "refused" in a.log_text() and "bad..name" in a.log_text()
     assert httpx.get(f"http://127.0.0.1:{a.port}/healthz").status_code == 200
+
+
+def test_wowza_rest_discovery(workdir: Path, procs: ProcessRegistry) -> None:
+    """A real node polling the fake WSE REST API (digest auth) starts and stops a stream
+    that a real nginx-rtmp relays, as the fake's answers change."""
+    from tests.fakes.wowza_rest import FakeWowzaRest
+
+    wse = FakeWowzaRest(auth="digest").start()
+    try:
+        nginx = NginxRtmp(workdir / "nginx", registry=procs).start()
+        template = f"rtmp://127.0.0.1:{nginx.rtmp_port}/{{app}}/{{name}}"
+        node = SidecarNode("w", workdir, [], segment_duration="2", registry=procs, extra=[
+            "--wowza-rest", wse.url, "--wowza-user", "admin", "--wowza-password", "secret",
+            "--wowza-input", template, "--wowza-poll", "1", "--discovery-linger", "4"]).start()
+        key = "live/cam3"
+        wse.set_streams("live", {"cam3": False})
+        FfmpegEncoder(nginx.rtmp_url("cam3"), keyint_seconds=2.0, logdir=workdir,
+                      name="encoder", registry=procs).start()
+        time.sleep(1.5)
+        assert not _listed(node, key)  # listed by WSE but not connected: not packaged
+        wse.set_streams("live", {"cam3": True, "other": False})
+        connected = time.monotonic()
+        wait_until(lambda: _listed(node, key), timeout=3.0, interval=0.05,
+                   what="live/cam3 packaged")
+        wait_until(lambda: len(node.segment_numbers(key)) >= 2, timeout=15.0, interval=0.1,
+                   what="two listed segments")
+        print(f"WSE says connected -> first listed segments {time.monotonic() - connected:.2f} s")
+        wse.set_streams("live", {})
+        gone = time.monotonic()
+        wait_until(lambda: not _listed(node, key), timeout=3.0, interval=0.05,
+                   what="live/cam3 stopped")
+        wait_until(lambda: node.get(f"/{key}/src/media.m3u8").status_code == 404,
+                   timeout=15.0, interval=0.2, what="live/cam3 forgotten after the linger")
+        print(f"WSE says gone -> forgotten {time.monotonic() - gone:.2f} s (linger 4 s)")
+        log = node.log_text()
+        assert "application live answers (digest auth)" in log
+        assert {s for _, s in wse.requests} == {None, "Digest"}
+    finally:
+        wse.stop()
