@@ -3,7 +3,8 @@
 ffmpeg (-re, keyframe every 2 s) -> nginx RTMP -> two sidecar nodes sharing a real Redis ->
 HAProxy (round-robin per request, health check on /readyz) -> players: hls.js on the TS
 playlist, hls.js on the fMP4 playlist and dash.js on the MPD in headless Chromium, and
-FFmpeg's HLS (TS and fMP4) and DASH demuxers. In one run: node B starts late; node A is
+FFmpeg's HLS demuxer (TS and fMP4) through the balancer and its DASH demuxer on node B (see
+``run_scenario`` for why). In one run: node B starts late; node A is
 SIGKILLed and restarted 20 s later; the encoder disconnects for 5 s and republishes from
 timestamp 0; Redis is stopped for 30 s and started again. Meanwhile the CMAF manifests are
 fetched from both nodes at the same instant and compared, and every CMAF init and media
@@ -297,7 +298,13 @@ def run_scenario(procs: ProcessRegistry, workdir: Path, *, browser: bool) -> dic
     mpd_url = f"{lb.url}/{STREAM}/manifest.mpd"
     probes = {"ts": ffprobe_live(play_url, workdir, total, procs),
               "cmaf": ffprobe_live(cmaf_url, workdir, total, procs, name="ffprobe-cmaf"),
-              "dash": ffprobe_live(mpd_url, workdir, total, procs, name="ffprobe-dash")}
+              # FFmpeg 5.1's DASH client reads node B directly: it polls ahead of the live
+              # edge without pause, so A's SIGKILL often cuts one of its responses, and
+              # after a truncated segment ("Stream ends prematurely") dashdec re-reads the
+              # same segment for good (seen in a suite run: HAProxy logged SD-- on A's
+              # socket at the kill). Its HLS client and the browsers go through HAProxy.
+              "dash": ffprobe_live(f"{b.url}/{STREAM}/manifest.mpd", workdir, total, procs,
+                                   name="ffprobe-dash")}
     handles = {}
     if browser:
         from tests.e2e.browser import start_in_browser
@@ -383,7 +390,6 @@ def video_times(log: str) -> list[float]:
 
 HTTP_LOG = re.compile(r'" (?P<status>\d{3}) .*"GET (?P<path>\S+) HTTP')
 MEDIA_PATH = re.compile(r"\.(ts|m4s|mp4|mpd)$|\.m3u8")
-DASH_TIME_PATH = re.compile(r"/t\d+\.m4s$")
 
 
 def probe_findings(log: str) -> tuple[list[float], list[str]]:
@@ -468,30 +474,7 @@ def test_failover_zero_errors_through_load_balancer(procs: ProcessRegistry,
     bad = [(s, p) for s, p in statuses if s >= 400 and MEDIA_PATH.search(p)]
     assert statuses, "no request reached HAProxy"
     if bad:
-        # FFmpeg's dashdec (5.1 here) asks for the segment after the last one listed as soon
-        # as it has read that one, and on a 404 moves on and asks again at once, in a loop,
-        # until a refreshed MPD lists it (dashdec.c: read_data's "Failed to open fragment" does
-        # cur_seq_no++ and restarts; get_segment_start_time_based_on_timeline clamps to the
-        # end of the list, so the URL stays the same). Those 404s on $Time$ URLs that had not
-        # answered 200 yet are told apart here; the players in Chromium must see none (their
-        # own failed requests are checked in browser_problems).
-        ok_at: dict[str, int] = {}
-        for i, (st, path) in enumerate(statuses):
-            if st == 200:
-                ok_at.setdefault(path, i)
-        early_i = {i for i, (st, path) in enumerate(statuses)
-                   if st == 404 and DASH_TIME_PATH.search(path)
-                   and i < ok_at.get(path, len(statuses))}
-        early = [statuses[i] for i in sorted(early_i)]
-        other = [x for i, x in enumerate(statuses)
-                 if i not in early_i and x[0] >= 400 and MEDIA_PATH.search(x[1])]
-        never = {p for _, p in early if p not in ok_at}
-        report.append(f"haproxy: {len(early)} 404s on {len({p for _, p in early})} DASH $Time$ "
-                      f"URLs asked before they were listed (FFmpeg's dashdec polling ahead), "
-                      f"{len(never)} of them never listed (the encoder outage's hole)")
-        if other:
-            problems.append(f"{len(other)} error answers through the load balancer: "
-                            f"{other[:10]}")
+        problems.append(f"{len(bad)} error answers through the load balancer: {bad[:10]}")
     # 2. FFmpeg's clients (HLS TS, HLS fMP4, DASH): no error line, timestamps only move
     #    forward, one gap, at the outage.
     for name, log in out["probes"].items():  # type: ignore[attr-defined]
