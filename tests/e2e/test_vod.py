@@ -13,7 +13,6 @@ import socket
 import subprocess
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,12 +27,12 @@ from fixtures.vod import make_keyframes_at, vod_media
 from sidecar.vod.routes import vod_router
 from sidecar.vod.service import VodService
 from tests.e2e.harness import free_port
+from tests.e2e.vod_client import crawl
 
 pytestmark = pytest.mark.e2e
 
 SECONDS = 20
 D = 4 * 90_000
-NS = "{urn:mpeg:dash:schema:mpd:2011}"
 GROUP = ",clip.mp4,nobframes.mp4,.urlset"  # two renditions, aligned, other grid offsets
 FILES = ["clip.mp4", "faststart.mp4", "clip.mkv", "clip.ts", "nobframes.mp4", "audio.m4a",
          "gop5.mp4", GROUP]
@@ -86,36 +85,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     yield started[0], started[1]
     for s in started:
         s.stop()
-
-
-def crawl(client: httpx.Client, base: str) -> dict[str, bytes]:
-    seen: dict[str, bytes] = {}
-
-    def get(url: str) -> bytes:
-        if url not in seen:
-            r = client.get(url)
-            assert r.status_code == 200, (url, r.text)
-            seen[url] = r.content
-        return seen[url]
-
-    for entry in ("playlist.m3u8", "cmaf.m3u8"):
-        pl = m3u8.loads(get(f"{base}/{entry}").decode())
-        for child in [p.uri for p in pl.playlists] + [m.uri for m in pl.media if m.uri]:
-            url = f"{base}/{child}"
-            folder = url.rsplit("/", 1)[0]
-            mp = m3u8.loads(get(url).decode())
-            for s in mp.segments:
-                if s.init_section is not None:
-                    get(f"{folder}/{s.init_section.uri}")
-                get(f"{folder}/{s.uri}")
-    mpd = ET.fromstring(get(f"{base}/manifest.mpd"))
-    for t in mpd.iter(f"{NS}SegmentTemplate"):
-        get(f"{base}/{t.get('initialization')}")
-        first = int(t.get("startNumber", "1"))
-        count = sum(1 + int(s.get("r", "0")) for s in t.iter(f"{NS}S"))
-        for n in range(first, first + count):
-            get(f"{base}/{(t.get('media') or '').replace('$Number$', str(n))}")
-    return seen
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 from fixtures.vod import make_title
 from tests.e2e.harness import Haproxy, ProcessRegistry, wait_http
 from tests.e2e.sidecar_node import SidecarNode
+from tests.e2e.vod_client import crawl
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,6 @@ PLAY = SECONDS + 8  # each player runs this long (starting Chromium takes a few 
 KILL_AFTER = 20.0  # s at most after the players were started (Chromium's start-up)
 RENDITIONS = ((640, 360), (320, 180))
 GROUP = "title/,title_360p.mp4,title_180p.mp4,.urlset"
-NS = "{urn:mpeg:dash:schema:mpd:2011}"
 
 # HAProxy's httplog line (``log stdout format raw``): client [accept date] frontend
 # backend/server timers status bytes cookies termination connection-counts (the last one
@@ -69,36 +68,6 @@ def haproxy_requests(log: str) -> list[LogLine]:
             out.append(LogLine(at, m["server"], int(m["status"]), int(m["bytes"]), m["term"],
                                m["conns"].rsplit("/", 1)[-1], m["path"]))
     return out
-
-
-def crawl(client: httpx.Client, base: str) -> dict[str, bytes]:
-    """Every URL the group's TS and fMP4 playlists and its MPD list: path -> body."""
-    seen: dict[str, bytes] = {}
-
-    def get(url: str) -> bytes:
-        if url not in seen:
-            r = client.get(url)
-            assert r.status_code == 200, (url, r.status_code, r.text[:200])
-            seen[url] = r.content
-        return seen[url]
-
-    for entry in ("playlist.m3u8", "cmaf.m3u8"):
-        pl = m3u8.loads(get(f"{base}/{entry}").decode())
-        for child in [p.uri for p in pl.playlists] + [m.uri for m in pl.media if m.uri]:
-            folder = f"{base}/{child}".rsplit("/", 1)[0]
-            mp = m3u8.loads(get(f"{base}/{child}").decode())
-            for s in mp.segments:
-                if s.init_section is not None:
-                    get(f"{folder}/{s.init_section.uri}")
-                get(f"{folder}/{s.uri}")
-    mpd = ET.fromstring(get(f"{base}/manifest.mpd"))
-    for t in mpd.iter(f"{NS}SegmentTemplate"):
-        get(f"{base}/{t.get('initialization')}")
-        first = int(t.get("startNumber", "1"))
-        count = sum(1 + int(s.get("r", "0")) for s in t.iter(f"{NS}S"))
-        for n in range(first, first + count):
-            get(f"{base}/{(t.get('media') or '').replace('$Number$', str(n))}")
-    return seen
 
 
 def startup_seek(e: object) -> bool:
