@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from sidecar.storage import StreamFiles
 from sidecar.store.mirrored import MirroredStore
 from sidecar.store.sqlite import SqliteStore
 from tests import sim
+from tests.fakes.static_http import serve_bytes
 from tests.unit.test_store_mirrored import Flaky, Tick
 
 S = 90_000
@@ -207,30 +207,14 @@ def test_error_causes_are_a_fixed_vocabulary() -> None:
     assert error_cause("cannot open: Input/output error") == "other"
 
 
-def _serve(body: bytes) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 def test_peer_fetches_and_hash_mismatches(tmp_path: Path) -> None:
     good = b"\x47" * 188 * 4
     store = SqliteStore(tmp_path / "t.db")
     n = (WALL0 // D) - 2
     clock = ManualClock((n + 1) * D + 3 * S)
     me = make_node(tmp_path, "me", store, clock)
-    liar, liar_url = _serve(good + b"x")
-    peer, peer_url = _serve(good)
+    liar, liar_url = serve_bytes(good + b"x")
+    peer, peer_url = serve_bytes(good)
     try:
         record = SegmentRecord(KEY, n, 0, n * D, D,
                                (Part("ts", hashlib.sha256(good).hexdigest(), len(good)),),

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,25 +10,10 @@ import pytest
 from sidecar.model import Part, SegmentRecord
 from sidecar.peers import STALE_AFTER, PeerFetcher
 from sidecar.store.sqlite import SqliteStore
+from tests.fakes.static_http import serve_bytes
 
 GOOD = b"\x47" * 188 * 4
 NOW = 10**12
-
-
-def serve(body: bytes) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 async def fetch_once(fetcher: PeerFetcher, record: SegmentRecord) -> bytes | None:
@@ -42,7 +25,7 @@ async def fetch_once(fetcher: PeerFetcher, record: SegmentRecord) -> bytes | Non
 
 @pytest.fixture
 def servers() -> Iterator[dict[str, str]]:
-    started = {name: serve(body) for name, body in
+    started = {name: serve_bytes(body) for name, body in
                (("a-liar", b"\x47" * 188 * 4 + b"x"), ("good", GOOD), ("stale", GOOD))}
     yield {name: url for name, (_, url) in started.items()}
     for server, _ in started.values():
